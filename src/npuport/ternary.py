@@ -1,0 +1,82 @@
+"""The ternary quantizer of the BitCPM family and the checks that a tensor is ternary.
+
+Per group g of a linear weight (contiguous runs of ``group_size`` input features in each
+output row): s = max(mean|W_g|, eps), W_q = clamp(round(W_g / s), -1, 1) * s.
+Training uses it with a straight-through estimator; fusion applies the same function once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-5
+
+# The seven projections per decoder layer that the family quantizes; nothing else is.
+QUANTIZED_PROJECTIONS = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+)
+
+
+def is_quantized_linear(tensor_name: str) -> bool:
+    """True for the weight of one of the seven quantized projections of a decoder layer."""
+    return tensor_name.endswith(".weight") and any(f".{p}.weight" in tensor_name for p in QUANTIZED_PROJECTIONS)
+
+
+def _grouped(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    rows, cols = weight.shape
+    if group_size <= 0:
+        group_size = cols
+    if cols % group_size:
+        raise ValueError(f"in_features {cols} is not a multiple of group_size {group_size}")
+    return weight.reshape(rows, cols // group_size, group_size)
+
+
+def fake_quant(weight: torch.Tensor, group_size: int, eps: float = EPS) -> torch.Tensor:
+    """Ternary fake-quantization of a 2-D weight, computed in float32, returned in float32.
+
+    ``group_size`` <= 0 means one group per output row.
+    """
+    w = _grouped(weight.float(), group_size)
+    scale = w.abs().mean(dim=-1, keepdim=True).clamp(min=eps)
+    return (torch.clamp(torch.round(w / scale), -1, 1) * scale).reshape(weight.shape)
+
+
+def fake_quant_ste(weight: torch.Tensor, group_size: int, eps: float = EPS) -> torch.Tensor:
+    """fake_quant with a straight-through gradient (identity), for QAT.
+
+    Written as q + (w - w.detach()) so the forward value is exactly q in any dtype.
+    """
+    return fake_quant(weight, group_size, eps).to(weight.dtype) + (weight - weight.detach())
+
+
+def groups_are_ternary(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Per group: True when its values are a subset of {-a, 0, +a} for one a >= 0.
+
+    Returns a bool tensor of shape (rows, groups).
+    """
+    w = _grouped(weight.float(), group_size)
+    a = w.abs().amax(dim=-1, keepdim=True)
+    ok = (w == 0) | (w == a) | (w == -a)
+    return ok.all(dim=-1)
+
+
+def candidate_group_sizes(in_features: int) -> list[int]:
+    """Divisors of ``in_features`` that are plausible group sizes, largest first."""
+    return [g for g in range(in_features, 0, -1) if in_features % g == 0 and (g == in_features or g % 8 == 0)]
+
+
+def detect_group_size(weight: torch.Tensor) -> int | None:
+    """The largest group size for which every group of ``weight`` is ternary, or None.
+
+    ``weight`` may be a sample of rows. A return equal to in_features means per-row scales.
+    """
+    for g in candidate_group_sizes(weight.shape[1]):
+        if bool(groups_are_ternary(weight, g).all()):
+            return g
+    return None

@@ -1,0 +1,45 @@
+"""Tiny random Llama checkpoints with latent (unfused) linears, written the way the family ships them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+TINY_DIMS = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "intermediate_size": 128,
+    "vocab_size": 96,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 256,
+}
+
+
+def tiny_config(**overrides) -> LlamaConfig:
+    return LlamaConfig(**(TINY_DIMS | overrides))
+
+
+def tiny_model(seed: int = 0, **overrides) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(tiny_config(**overrides)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0, 0.2)
+    return model
+
+
+def write_latent_checkpoint(directory: Path, model: LlamaForCausalLM, dtype=torch.bfloat16, config_edits=None) -> Path:
+    """``pytorch_model.bin`` (plain state dict) + config.json, optionally with wrong config fields."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(dtype).clone() for k, v in model.state_dict().items()}
+    torch.save(state, directory / "pytorch_model.bin")
+    config = model.config.to_dict() | (config_edits or {})
+    (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    (directory / "tokenizer_config.json").write_text("{}", encoding="utf-8")
+    return directory

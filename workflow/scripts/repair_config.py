@@ -1,0 +1,17 @@
+from pathlib import Path
+
+from npuport.atomic import read_json, write_json
+from npuport.repair import repair
+from npuport.stage import run_stage
+
+
+def main(smk):
+    config, report = repair(
+        Path(smk.input.download) / "config.json", read_json(smk.input.introspect), smk.params.trust_remote_code
+    )
+    write_json(smk.output.report, report)
+    write_json(smk.output.config, config)
+
+
+if __name__ == "__main__":
+    run_stage("repair_config", snakemake.log[0], lambda: main(snakemake))
