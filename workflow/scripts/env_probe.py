@@ -1,0 +1,29 @@
+"""env_probe stage: versions, hardware, accelerators, container limits and diagnostics of this host -> env.json.
+
+Under Snakemake: output[0] is env.json, log[0] the log, params.packages the package names probed.
+By hand: ``python workflow/scripts/env_probe.py OUT.json``.
+"""
+
+import sys
+
+from npuport.atomic import write_json
+from npuport.envprobe import DEFAULT_PACKAGES, probe_environment
+from npuport.stage import run_stage
+
+
+def main(output, packages):
+    doc = probe_environment(packages=list(packages))
+    print(f"platform: {doc['platform']} ({doc['device']}); probe took {doc['probe_seconds']} s")
+    for diag in doc["diagnostics"]:
+        print(f"{diag['severity']}: {diag['id']}: {diag['summary']}")
+    write_json(output, doc)
+
+
+if __name__ == "__main__":
+    if "snakemake" in globals():
+        smk = snakemake  # noqa: F821 - injected by Snakemake
+        run_stage("env_probe", smk.log[0], lambda: main(smk.output[0], smk.params.packages))
+    elif len(sys.argv) == 2:
+        run_stage("env_probe", None, lambda: main(sys.argv[1], DEFAULT_PACKAGES))
+    else:
+        sys.exit("usage: python workflow/scripts/env_probe.py OUT.json")
