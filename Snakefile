@@ -1,11 +1,18 @@
 from snakemake.utils import min_version, validate
 
+from npuport.settings import check_config
+
 min_version("9.0")
 
 
 configfile: "config/config.yaml"
 
 
+check_config(
+    config,
+    f"{workflow.basedir}/workflow/schemas/config.schema.yaml",
+    workflow.configfiles,
+)
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -17,6 +24,7 @@ include: "workflow/rules/fuse.smk"
 include: "workflow/rules/env_probe.smk"
 include: "workflow/rules/smoke.smk"
 include: "workflow/rules/baseline.smk"
+include: "workflow/rules/compare.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
+from model_factory import tiny_model, write_latent_checkpoint
 from safetensors.torch import load_file
 from transformers import LlamaForCausalLM
 
-from model_factory import tiny_model, write_latent_checkpoint
 from npuport.checkpoint import Checkpoint
 from npuport.errors import NpuportError
 from npuport.fuse import INDEX_NAME, check_free_space, fuse

@@ -34,7 +34,8 @@ def _status(report):
 def test_wrong_fields_repaired_and_result_loads(tmp_path):
     path = _config(tmp_path, hidden_size=80, num_hidden_layers=3, num_attention_heads=8, intermediate_size=256)
     config, report = repair(path, {"derived": DERIVED, "ambiguities": []})
-    assert sorted(report["repaired"]) == ["hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers"]
+    repaired = ["hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers"]
+    assert sorted(report["repaired"]) == repaired
     assert _status(report)["vocab_size"] == "ok"
     assert _status(report)["max_position_embeddings"] == "not derivable"
     assert {k: config[k] for k in DERIVED} == DERIVED

@@ -55,3 +55,18 @@ def parse_size(size: int | str) -> int:
     if not match or match.group(2).upper() not in _SIZE_UNITS:
         raise NpuportError("config", f"not a size: {size!r} (use e.g. 2GB, 500MB, 1GiB)")
     return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).upper()])
+
+
+def check_config(config: dict, schema_path: str, config_files: list) -> None:
+    """One-line NpuportError naming the config file(s) and the first schema violation."""
+    import jsonschema
+    import yaml
+
+    with open(schema_path, encoding="utf-8") as fh:
+        schema = yaml.safe_load(fh)
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is None:
+        return
+    where = "/".join(str(p) for p in error.absolute_path) or "top level"
+    files = ", ".join(str(f) for f in config_files) or "config"
+    raise NpuportError(files, f"config fails the schema at {where}: {error.message}")

@@ -1,0 +1,122 @@
+"""End-to-end: the real Snakefile on the embedded model in a temp dir (real vLLM CPU engine)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import copy_workflow, planned_rules, run_snakemake
+
+pytestmark = pytest.mark.e2e
+
+DOWNSTREAM_OF_FUSE = {"fuse", "smoke", "baseline", "report_index"}
+WRONG_FIELDS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"}
+
+
+def _json(workdir, path):
+    return json.loads((workdir / "results" / "tiny-bitcpm" / path).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """One full `snakemake report` on the default config: the suite's one pipeline engine start."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("default") / "wf")
+    run_snakemake(workdir, "report")
+    return workdir
+
+
+def test_every_artifact_produced(default_run):
+    model = default_run / "results" / "tiny-bitcpm"
+    for rel in (
+        "download/manifest.json",
+        "introspect.json",
+        "config.json",
+        "repair.json",
+        "model/model.safetensors.index.json",
+        "model/fuse.json",
+        "model/tokenizer.json",
+        "env.json",
+        "smoke.json",
+        "baseline.json",
+    ):
+        assert (model / rel).is_file(), rel
+    for rule in ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline"):
+        assert (model / "benchmarks" / f"{rule}.tsv").is_file(), rule
+        assert (default_run / "logs" / "tiny-bitcpm" / f"{rule}.log").is_file(), rule
+    assert (default_run / "results" / "report.md").is_file()
+
+
+def test_introspection_finds_the_wrong_config_fields(default_run):
+    introspection = _json(default_run, "introspect.json")
+    assert {m["field"] for m in introspection["mismatches"]} == WRONG_FIELDS
+    assert introspection["derived"]["ternary"]["status"] == "latent"
+    repair = _json(default_run, "repair.json")
+    assert set(repair["repaired"]) == WRONG_FIELDS
+    config = _json(default_run, "config.json")
+    for field in WRONG_FIELDS:
+        assert config[field] == introspection["derived"][field]
+
+
+def test_fusion_did_real_work(default_run):
+    fuse = _json(default_run, "model/fuse.json")
+    assert fuse["tensors_quantized"] == fuse["linears_checked"] > 0
+    assert fuse["all_linears_ternary"] is True
+
+
+def test_both_engines_answer_paris(default_run):
+    for artifact in ("smoke.json", "baseline.json"):
+        document = _json(default_run, artifact)
+        assert document["status"] == "ok", (artifact, document.get("reason"))
+        answers = {p["prompt"]: p["text"] for p in document["prompts"]}
+        assert answers["The capital of France is"].startswith(" Paris"), (artifact, answers)
+
+
+def test_engine_run_is_labelled_cpu(default_run):
+    smoke = _json(default_run, "smoke.json")
+    assert smoke["platform"]["name"] == "cpu"
+    assert "NPU" not in smoke["platform"]["device"]
+    assert smoke["engine"]["name"] == "vllm"
+
+
+def test_serve_check_ran_and_agreed(default_run):
+    serve = _json(default_run, "smoke.json")["serve"]
+    assert serve["status"] == "ok", serve.get("reason")
+    assert all(p["text_equal"] for p in serve["prompts"])
+    assert "vllm.entrypoints.openai.api_server" in " ".join(serve["command_ran"])
+    assert serve["vllm_serve_command"].startswith("vllm serve ")
+
+
+def test_second_run_has_nothing_to_do(default_run):
+    assert planned_rules(default_run) == {}
+
+
+def _with_config(workdir, tmp_path, edit):
+    text = (workdir / "config" / "config.yaml").read_text(encoding="utf-8")
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(edit(text), encoding="utf-8")
+    return ["--configfile", str(changed)]
+
+
+def test_group_size_change_reruns_fuse_and_downstream_only(default_run, tmp_path):
+    args = _with_config(default_run, tmp_path, lambda t: re.sub(r"group_size: 128", "group_size: 64", t))
+    assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_FUSE
+
+
+def test_prompt_change_reruns_engines_not_fuse(default_run, tmp_path):
+    args = _with_config(default_run, tmp_path, lambda t: t.replace("Hello, how are you?", "Hello there"))
+    assert set(planned_rules(default_run, *args)) == {"smoke", "baseline", "report_index"}
+
+
+def test_config_failing_schema_is_refused(workflow_copy, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: x\n    source: {kind: local}\ngeneration: {prompts: []}\n")
+    result = run_snakemake(workflow_copy, "-n", "report", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    expected = r"bad.yaml: config fails the schema at models/0/source: .path. is a required property"
+    assert re.search(expected, result.stdout), result.stdout[-2000:]
+
+
+def test_unknown_model_target_is_refused(workflow_copy):
+    result = run_snakemake(workflow_copy, "-n", "results/no-such-model/introspect.json", check=False)
+    assert result.returncode != 0

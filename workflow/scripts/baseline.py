@@ -1,0 +1,17 @@
+from npuport.atomic import write_json
+from npuport.baseline import run_baseline
+from npuport.stage import run_stage
+
+
+def main(smk):
+    doc = run_baseline(
+        smk.input.model,
+        baseline=dict(smk.params.baseline),
+        generation=dict(smk.params.generation),
+        trust_remote_code=bool(smk.params.trust_remote_code),
+    )
+    write_json(smk.output[0], doc)
+
+
+if __name__ == "__main__":
+    run_stage("baseline", snakemake.log[0], lambda: main(snakemake))

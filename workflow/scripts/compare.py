@@ -1,0 +1,18 @@
+from npuport.atomic import read_json, write_json
+from npuport.compare import compare
+from npuport.stage import run_stage
+
+
+def main(smk):
+    document = compare(
+        read_json(smk.input.smoke),
+        read_json(smk.input.baseline),
+        smk.input.model,
+        smk.params.compare,
+        smk.params.trust_remote_code,
+    )
+    write_json(smk.output[0], document)
+
+
+if __name__ == "__main__":
+    run_stage("compare", snakemake.log[0], lambda: main(snakemake))

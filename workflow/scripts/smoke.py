@@ -1,0 +1,20 @@
+from npuport.atomic import write_json
+from npuport.smoke import run_smoke
+from npuport.stage import run_stage
+
+
+def main(smk):
+    doc = run_smoke(
+        smk.input.model,
+        engine=dict(smk.params.engine),
+        generation=dict(smk.params.generation),
+        serve=dict(smk.params.serve),
+        trust_remote_code=bool(smk.params.trust_remote_code),
+    )
+    write_json(smk.output[0], doc)
+
+
+# vLLM starts its engine processes with "spawn", which re-imports this file as __mp_main__:
+# only the real entry point may run the stage.
+if __name__ == "__main__":
+    run_stage("smoke", snakemake.log[0], lambda: main(snakemake))
