@@ -5,17 +5,17 @@ rule compare:
         model="results/{model}/model",
     output:
         "results/{model}/compare.json",
-    params:
-        compare=config["compare"],
-        trust_remote_code=model_field("trust_remote_code", False),
-        code=module_hash("compare", "atomic"),
-    resources:
-        mem_mb=4000,
     log:
         "logs/{model}/compare.log",
     benchmark:
         "results/{model}/benchmarks/compare.tsv"
     conda:
         "../../envs/cpu.yaml"
+    resources:
+        mem_mb=4000,
+    params:
+        compare=config["compare"],
+        trust_remote_code=model_field("trust_remote_code", False),
+        code=module_hash("compare", "atomic"),
     script:
         "../scripts/compare.py"

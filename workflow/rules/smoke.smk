@@ -1,6 +1,7 @@
 rule smoke:
     input:
         model="results/{model}/model",
+        perplexity_text=config["perplexity"]["text"],
     output:
         "results/{model}/smoke.json",
     log:

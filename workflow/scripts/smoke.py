@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from npuport.atomic import write_json
 from npuport.smoke import run_smoke
 from npuport.stage import run_stage
@@ -10,6 +12,7 @@ def main(smk):
         generation=dict(smk.params.generation),
         serve=dict(smk.params.serve),
         trust_remote_code=bool(smk.params.trust_remote_code),
+        perplexity_text=Path(smk.input.perplexity_text).read_text(encoding="utf-8"),
     )
     write_json(smk.output[0], doc)
 

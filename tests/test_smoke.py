@@ -1,0 +1,276 @@
+"""The `smoke` stage on the real vLLM engine (CPU backend here), with a tiny random Llama built in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from npuport.smoke import run_smoke
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = [
+    "Hello, how are you? I am fine, thank you.",
+    "Explain the concept of ternary quantization in one sentence.",
+    "什么是三元量化? 三元量化把权重变成三个值。",
+    "The capital of France is Paris.",
+]
+PROMPTS = ["Hello, how are you?", "什么是三元量化?", "The capital of France is"]
+ENGINE = {"dtype": "bfloat16", "max_model_len": 512, "max_num_seqs": 4, "gpu_memory_utilization": 0.1}
+MAX_TOKENS = 12
+TOP_K = 5
+EOS = 2
+
+
+def build_tokenizer(directory: Path) -> None:
+    """Byte-level BPE trained on a few sentences (so Chinese round-trips), <s> prepended, </s> as eos."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<unk>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS * 10, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "model_max_length": 4096}  # fmt: skip
+    (directory / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+
+def build_tiny_llama(directory: Path, seed: int = 0) -> Path:
+    """Random-weight LlamaForCausalLM (head_dim 32, GQA, LongRoPE, untied head) in bf16 safetensors.
+
+    The head is scaled up so that logits are far apart: greedy choices are then stable across
+    engines and dtypes. generation_config.json lists two eos ids: </s> and a token the model
+    emits early for the first prompt, so that the stop-at-eos path really runs.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(directory)
+    config = LlamaConfig(
+        vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, max_position_embeddings=4096, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=EOS, initializer_range=0.3,
+        rope_scaling={"rope_type": "longrope", "long_factor": [1.0] * 16, "short_factor": [1.0] * 16,
+                      "original_max_position_embeddings": 4096},
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(4)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.float().generate(ids, do_sample=False, max_new_tokens=6, eos_token_id=EOS)
+    generated = out[0, ids.shape[1] :].tolist()
+    early = [t for i, t in enumerate(generated) if i >= 2 and t != EOS and t not in generated[:i]]
+    assert early, f"seed {seed} gives a degenerate greedy continuation {generated}; pick another seed"
+    model.to(torch.bfloat16).generation_config.eos_token_id = [EOS, early[0]]
+    model.save_pretrained(directory)
+    return directory
+
+
+def generation_settings(**overrides) -> dict:
+    return {"prompts": PROMPTS, "temperature": 0.0, "seed": 42, "max_tokens": MAX_TOKENS,
+            "top_logprobs": TOP_K, "chat_template": False} | overrides  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("smoke") / "model")
+
+
+@pytest.fixture(scope="module")
+def smoke(tiny_model) -> dict:
+    """The one offline engine start of this module."""
+    return run_smoke(tiny_model, ENGINE, generation_settings(), {"enabled": False})
+
+
+def test_smoke_runs_on_the_cpu_platform_and_says_so(smoke):
+    assert smoke["status"] == "ok", smoke["reason"]
+    assert smoke["platform"]["name"] == "cpu" and smoke["platform"]["is_cpu"]
+    assert smoke["platform"]["device"].startswith("vLLM CPU backend")
+    assert "npu" not in smoke["platform"]["device"].lower()
+    engine = smoke["engine"]
+    assert engine["name"] == "vllm" and engine["version"] and engine["distribution"] and engine["torch"]
+    assert smoke["serve"]["status"] == "not run"
+    assert smoke["engine_shutdown"]["released"], smoke["engine_shutdown"]
+
+
+def test_smoke_records_every_prompt_with_tokens_and_stop_ids(smoke, tiny_model):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    stop_ids = json.loads((tiny_model / "generation_config.json").read_text())["eos_token_id"]
+    assert smoke["settings"]["stop_token_ids"] == stop_ids
+    assert [r["prompt"] for r in smoke["prompts"]] == PROMPTS
+    for record in smoke["prompts"]:
+        assert record["prompt_token_ids"] == tokenizer(record["prompt"])["input_ids"]
+        assert record["engine_prompt_token_ids"] == record["prompt_token_ids"]
+        assert record["num_tokens"] == len(record["token_ids"]) > 0
+        shown = record["token_ids"][:-1] if record["finish_reason"] == "stop" else record["token_ids"]
+        # vLLM leaves the stop token out of the text and holds back a tail that is not yet whole UTF-8
+        assert tokenizer.decode(shown, skip_special_tokens=True).startswith(record["text"])
+        stops = [i for i, t in enumerate(record["token_ids"]) if t in stop_ids]
+        if record["finish_reason"] == "stop":
+            assert stops == [record["num_tokens"] - 1]
+        else:
+            assert record["finish_reason"] == "length" and not stops and record["num_tokens"] == MAX_TOKENS
+    # the first prompt's second eos id is a token the model emits within its first six tokens
+    assert smoke["prompts"][0]["finish_reason"] == "stop"
+
+
+def test_smoke_logprobs_are_top_k_and_greedy(smoke):
+    for record in smoke["prompts"]:
+        assert len(record["token_logprobs"]) == len(record["top_logprobs"]) == record["num_tokens"]
+        rows = zip(record["token_ids"], record["token_logprobs"], record["top_logprobs"], strict=True)
+        for token, chosen, top in rows:
+            assert len(top) == TOP_K
+            values = [lp for _, lp in top]
+            assert values == sorted(values, reverse=True) and all(v <= 0 for v in values)
+            assert chosen <= 0
+            assert top[0][0] == token and top[0][1] == pytest.approx(chosen)
+
+
+def test_smoke_timings_and_throughput(smoke):
+    assert smoke["load_seconds"] > 0
+    assert smoke["warmup"]["latency_s"] > 0 and smoke["warmup"]["ttft_s"] > 0
+    for record in smoke["prompts"]:
+        assert 0 < record["ttft_s"] <= record["latency_s"]
+        assert record["tpot_s"] > 0
+        assert "metrics" in record["timing_method"]["ttft_s"]
+    single, batch = smoke["throughput"]["single"], smoke["throughput"]["batch"]
+    assert single["tokens"] == sum(r["num_tokens"] for r in smoke["prompts"])
+    assert single["tokens_per_s"] == pytest.approx(single["tokens"] / single["seconds"])
+    assert batch["num_prompts"] == len(PROMPTS) and batch["tokens_per_s"] > 0
+    assert len(batch["token_ids_equal_single"]) == len(PROMPTS)
+
+
+def test_smoke_reports_kv_cache_capacity(smoke):
+    kv = smoke["kv_cache"]
+    assert kv["tokens"] == kv["num_blocks"] * kv["block_size"] > 0
+    assert kv.get("log_tokens") == kv["tokens"]
+    assert kv["gib"] > 0 and kv["gib_source"]
+
+
+def test_serve_command_matches_engine_settings(smoke, tiny_model):
+    command = smoke["vllm_serve_command"]
+    assert command.startswith(f"vllm serve {tiny_model}")
+    for flag in ("--dtype bfloat16", "--max-model-len 512", "--max-num-seqs 4", "--gpu-memory-utilization 0.1",
+                 "--enforce-eager", "--tensor-parallel-size 1", "--seed 42"):  # fmt: skip
+        assert flag in command
+
+
+def test_engine_start_failure_is_recorded_with_log_tail(tiny_model):
+    doc = run_smoke(tiny_model, ENGINE | {"max_model_len": 10**6}, generation_settings(), {"enabled": False})
+    assert doc["status"] == "failed"
+    assert "did not start" in doc["reason"]
+    assert doc["log_tail"] and doc["prompts"] == []
+
+
+def test_auto_map_is_refused_without_trust_remote_code(tmp_path, tiny_model):
+    model = tmp_path / "remote"
+    model.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json", "model.safetensors"):
+        (model / name).symlink_to(tiny_model / name)
+    config = json.loads((tiny_model / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
+    (model / "config.json").write_text(json.dumps(config))
+    doc = run_smoke(model, ENGINE, generation_settings(), {"enabled": False})
+    assert doc["status"] == "refused"
+    assert "trust_remote_code: true" in doc["reason"] and "auto_map" in doc["reason"]
+    assert doc["prompts"] == [] and doc["load_seconds"] is None
+
+
+def test_missing_vllm_gives_not_run(tiny_model, tmp_path):
+    script = textwrap.dedent(f"""
+        import json, sys
+        sys.modules["vllm"] = None  # as if vLLM were not installed
+        from npuport.smoke import run_smoke
+        doc = run_smoke({str(tiny_model)!r}, {ENGINE!r}, {generation_settings()!r}, {{"enabled": True}})
+        print("DOC" + json.dumps({{k: doc[k] for k in ("status", "reason", "prompts", "serve")}}))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads(out.stdout.split("DOC", 1)[1])
+    assert doc["status"] == "not run"
+    assert "vLLM cannot be imported" in doc["reason"]
+    assert doc["prompts"] == [] and doc["serve"]["status"] == "not run"
+
+
+@pytest.mark.engine
+def test_serve_check_answers_like_the_offline_engine(smoke, tiny_model, tmp_path):
+    from npuport.serve_check import group_alive, run_serve_check
+
+    log = tmp_path / "serve.log"
+    serve = {"enabled": True, "host": "127.0.0.1", "startup_timeout_s": 300, "request_timeout_s": 120}
+    result = run_serve_check(tiny_model, smoke["settings"]["engine"], smoke["settings"]["generation"], serve,
+                             smoke["prompts"], log_path=log)  # fmt: skip
+    assert result["status"] == "ok", (result["reason"], result["log_tail"])
+    assert result["command_ran"][1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
+    assert result["startup_seconds"] > 0
+    assert [p["prompt"] for p in result["prompts"]] == PROMPTS
+    for answer in result["prompts"]:
+        assert answer["latency_s"] > 0
+        assert answer["prompt_tokens_equal_offline"]
+    assert result["all_text_equal_offline"], result["prompts"]
+    assert result["shutdown"]["processes_left"] is False
+    assert not group_alive(result["shutdown"]["pgid"])
+    assert log.read_text()
+
+
+def test_serve_check_that_cannot_start_fails_and_leaves_no_process(tiny_model, tmp_path):
+    from npuport.serve_check import group_alive, run_serve_check
+
+    engine = {**ENGINE, "max_model_len": 10**6, "max_num_seqs": 4, "enforce_eager": True, "tensor_parallel_size": 1,
+              "seed": 42}  # fmt: skip
+    serve = {"enabled": True, "host": "127.0.0.1", "startup_timeout_s": 240, "request_timeout_s": 10}
+    result = run_serve_check(tiny_model, engine, generation_settings(), serve, [], log_path=tmp_path / "serve.log")
+    assert result["status"] == "failed"
+    assert "exited" in result["reason"]
+    assert any("max_model_len" in line for line in result["log_tail"])
+    assert result["shutdown"]["processes_left"] is False and not group_alive(result["shutdown"]["pgid"])
+
+
+SNAKEFILE = """
+rule smoke:
+    input: model="{model}"
+    output: "out/smoke.json"
+    log: "logs/smoke.log"
+    params:
+        engine={engine!r},
+        generation={generation!r},
+        serve={{"enabled": False}},
+        trust_remote_code=False,
+    script: "{script}"
+"""
+
+
+@pytest.mark.engine
+@pytest.mark.e2e
+def test_smoke_script_runs_under_snakemake(tiny_model, tmp_path):
+    """Snakemake runs a temp copy of the script; vLLM's spawned workers re-import it as __mp_main__."""
+    snakefile = SNAKEFILE.format(model=tiny_model, engine=ENGINE, generation=generation_settings(max_tokens=4),
+                                 script=REPO / "workflow/scripts/smoke.py")  # fmt: skip
+    (tmp_path / "Snakefile").write_text(snakefile)
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "out/smoke.json"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=900, env=os.environ.copy())  # fmt: skip
+    log = (tmp_path / "logs/smoke.log").read_text() if (tmp_path / "logs/smoke.log").exists() else ""
+    assert out.returncode == 0, out.stderr[-3000:] + log[-3000:]
+    doc = json.loads((tmp_path / "out/smoke.json").read_text())
+    assert doc["status"] == "ok", doc["reason"]
+    assert doc["stage"] == "smoke" and len(doc["prompts"]) == len(PROMPTS)
+    assert "KV cache" in log  # the engine's own output lands in the stage log
