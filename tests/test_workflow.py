@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 
 import pytest
 from conftest import copy_workflow, planned_rules, run_snakemake
+from safetensors.torch import load_file, save_file
+
+from npuport.compare import compare
+from npuport.ternary import is_quantized_linear
 
 pytestmark = pytest.mark.e2e
 
@@ -120,3 +125,33 @@ def test_config_failing_schema_is_refused(workflow_copy, tmp_path):
 def test_unknown_model_target_is_refused(workflow_copy):
     result = run_snakemake(workflow_copy, "-n", "results/no-such-model/introspect.json", check=False)
     assert result.returncode != 0
+
+
+def _perturbed_copy(model_dir, target, layer, scale):
+    """Copy of a fused model dir with the seven linears of one layer scaled by ``scale``."""
+    shutil.copytree(model_dir, target)
+    weight_map = json.loads((target / "model.safetensors.index.json").read_text())["weight_map"]
+    for shard in set(weight_map.values()):
+        tensors = load_file(target / shard)
+        for name in tensors:
+            if name.startswith(f"model.layers.{layer}.") and is_quantized_linear(name):
+                tensors[name] = tensors[name] * scale
+        save_file(tensors, target / shard, metadata={"format": "pt"})
+    return target
+
+
+def test_comparison_of_the_real_run_passes(default_run):
+    document = _json(default_run, "compare.json")
+    assert document["status"] == "passed", document["reason"]
+    assert all(p["classification"] == "identical" for p in document["prompts"])
+
+
+def test_perturbed_reference_weights_fail_the_comparison(default_run, tmp_path):
+    """One layer's weights scaled by 3% on the reference side: the real comparison must fail."""
+    model = default_run / "results" / "tiny-bitcpm" / "model"
+    settings = _json(default_run, "compare.json")["settings"]
+    perturbed = _perturbed_copy(model, tmp_path / "perturbed", layer=1, scale=1.03)
+    document = compare(_json(default_run, "smoke.json"), _json(default_run, "baseline.json"), perturbed, settings)
+    assert document["status"] == "failed"
+    failed = {c["threshold"] for c in document["checks"] if c["passed"] is False}
+    assert "max_text_mean_abs_logprob_diff" in failed, document["checks"]

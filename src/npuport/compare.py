@@ -21,6 +21,8 @@ THRESHOLD_CHECKS = {
     "max_abs_logprob_diff": ("max_abs_logprob_diff", "<="),
     "max_mean_topk_kl": ("mean_topk_kl", "<="),
     "max_perplexity_rel_diff": ("perplexity_rel_diff", "<="),
+    "max_text_mean_abs_logprob_diff": ("text_mean_abs_logprob_diff", "<="),
+    "max_text_max_abs_logprob_diff": ("text_max_abs_logprob_diff", "<="),
 }
 
 
@@ -129,12 +131,6 @@ def perplexity(token_ids: list[int], token_logprobs: list[float | None]) -> floa
     return math.exp(-sum(scored) / len(scored))
 
 
-def reference_perplexity(reference: Reference, token_ids: list[int]) -> float:
-    logprobs = reference.logprobs(token_ids)
-    scored = [None] + [float(logprobs[i - 1, t]) for i, t in enumerate(token_ids) if i > 0]
-    return perplexity(token_ids, scored)
-
-
 def _pooled(per_prompt: list[dict]) -> dict:
     """Metrics over all positions of all prompts (weighted by positions)."""
     metrics = [p["teacher_forced"] for p in per_prompt if p["teacher_forced"]["positions"]]
@@ -206,9 +202,25 @@ def compare(
 
 
 def _perplexities(smoke: dict, reference: Reference) -> dict:
+    """Perplexity of both sides on the fixed text, and the per-token logprob difference along it.
+
+    The text is scored teacher-forced by both (the engine through prompt logprobs), so unlike the
+    model's confident answers it compares the two where the next token is uncertain.
+    """
     ppl = smoke.get("perplexity") or {}
     if not ppl.get("token_ids"):
-        return {"perplexity_engine": None, "perplexity_reference": None, "perplexity_rel_diff": None}
-    engine = perplexity(ppl["token_ids"], ppl["token_logprobs"])
-    ref = reference_perplexity(reference, ppl["token_ids"])
-    return {"perplexity_engine": engine, "perplexity_reference": ref, "perplexity_rel_diff": abs(engine - ref) / ref}
+        keys = ("perplexity_engine", "perplexity_reference", "perplexity_rel_diff", "text_tokens")
+        return dict.fromkeys(keys + ("text_mean_abs_logprob_diff", "text_max_abs_logprob_diff"))
+    ids, engine_lps = ppl["token_ids"], ppl["token_logprobs"]
+    logprobs = reference.logprobs(ids)
+    reference_lps = [None] + [float(logprobs[i - 1, t]) for i, t in enumerate(ids) if i > 0]
+    diffs = [abs(e - r) for e, r in zip(engine_lps, reference_lps, strict=True) if e is not None and r is not None]
+    engine, ref = perplexity(ids, engine_lps), perplexity(ids, reference_lps)
+    return {
+        "perplexity_engine": engine,
+        "perplexity_reference": ref,
+        "perplexity_rel_diff": abs(engine - ref) / ref,
+        "text_tokens": len(ids),
+        "text_mean_abs_logprob_diff": sum(diffs) / len(diffs),
+        "text_max_abs_logprob_diff": max(diffs),
+    }
