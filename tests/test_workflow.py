@@ -113,13 +113,21 @@ def test_prompt_change_reruns_engines_not_fuse(default_run, tmp_path):
     assert set(planned_rules(default_run, *args)) == {"smoke", "baseline", "report_index"}
 
 
-def test_config_failing_schema_is_refused(workflow_copy, tmp_path):
+@pytest.mark.parametrize(
+    ("config_text", "expected"),
+    [
+        ("models:\n  - name: x\n    source: {kind: local}\n", r"at models/0/source: 'path' is a required property"),
+        ("generation: {prompts: []}\n", r"at generation/prompts: \[\] should be non-empty"),
+        ("fuse: {mode: sometimes}\n", r"at fuse/mode: 'sometimes' is not one of"),
+        ("models:\n  - name: ../x\n    source: {kind: local, path: p}\n", r"at models/0/name: '../x' does not match"),
+    ],
+)
+def test_config_failing_schema_is_refused_in_one_line(workflow_copy, tmp_path, config_text, expected):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("models:\n  - name: x\n    source: {kind: local}\ngeneration: {prompts: []}\n")
+    bad.write_text(config_text)
     result = run_snakemake(workflow_copy, "-n", "report", "--configfile", str(bad), check=False)
     assert result.returncode != 0
-    expected = r"bad.yaml: config fails the schema at models/0/source: .path. is a required property"
-    assert re.search(expected, result.stdout), result.stdout[-2000:]
+    assert re.search(r"bad\.yaml.*: config fails the schema " + expected, result.stdout), result.stdout[-2000:]
 
 
 def test_unknown_model_target_is_refused(workflow_copy):
@@ -155,3 +163,18 @@ def test_perturbed_reference_weights_fail_the_comparison(default_run, tmp_path):
     assert document["status"] == "failed"
     failed = {c["threshold"] for c in document["checks"] if c["passed"] is False}
     assert "max_text_mean_abs_logprob_diff" in failed, document["checks"]
+
+
+def test_workflow_completes_when_vllm_is_unavailable(workflow_copy, tmp_path):
+    """No importable vLLM: smoke says "not run" with the reason, and everything after it still completes."""
+    shim = tmp_path / "shim"
+    (shim / "vllm").mkdir(parents=True)
+    (shim / "vllm" / "__init__.py").write_text('raise ImportError("vllm is blocked by the test")\n')
+    run_snakemake(workflow_copy, "report", env={"PYTHONPATH": str(shim)})
+    smoke = _json(workflow_copy, "smoke.json")
+    assert smoke["status"] == "not run"
+    assert "vllm is blocked by the test" in smoke["reason"]
+    assert _json(workflow_copy, "baseline.json")["status"] == "ok"
+    compare_doc = _json(workflow_copy, "compare.json")
+    assert compare_doc["status"] == "not measured"
+    assert "smoke status not run" in compare_doc["reason"]
