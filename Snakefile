@@ -1,8 +1,10 @@
 from snakemake.utils import min_version, validate
 
-from npuport.settings import check_config
+from npuport.settings import check_config, require_utf8
 
 min_version("9.0")
+
+require_utf8("config/config.yaml", *workflow.configfiles)
 
 
 configfile: "config/config.yaml"

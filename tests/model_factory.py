@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ TINY_DIMS = {
     "num_key_value_heads": 2,
     "head_dim": 16,
     "intermediate_size": 128,
-    "vocab_size": 96,
+    "vocab_size": 1024,  # the embedded model's tokenizer (resources/tiny-bitcpm) fits
     "tie_word_embeddings": False,
     "max_position_embeddings": 256,
 }
@@ -41,5 +42,15 @@ def write_latent_checkpoint(directory: Path, model: LlamaForCausalLM, dtype=torc
     torch.save(state, directory / "pytorch_model.bin")
     config = model.config.to_dict() | (config_edits or {})
     (directory / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    (directory / "tokenizer_config.json").write_text("{}", encoding="utf-8")
+    copy_tokenizer(directory)
     return directory
+
+
+EMBEDDED = Path(__file__).resolve().parents[1] / "resources" / "tiny-bitcpm"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
+
+
+def copy_tokenizer(directory: Path) -> None:
+    """The embedded model's tokenizer (1024 tokens) and generation config."""
+    for name in TOKENIZER_FILES:
+        shutil.copy2(EMBEDDED / name, directory / name)

@@ -6,6 +6,8 @@ Streams one tensor at a time into safetensors shards of at most ``max_shard_size
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +21,7 @@ from npuport.checkpoint import Checkpoint
 from npuport.errors import NpuportError
 from npuport.manifest import MANIFEST_NAME
 from npuport.ternary import detect_group_size, fake_quant, groups_are_ternary, is_quantized_linear
+from npuport.tokenizer_check import check_tokenizer
 
 INDEX_NAME = "model.safetensors.index.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
@@ -99,6 +102,17 @@ def check_free_space(target: Path, needed: int) -> None:
         raise NpuportError(target, f"not enough free disk space: need about {needed} bytes, {free} free")
 
 
+@contextlib.contextmanager
+def _disk_full_is_user_error(target: Path):
+    """ENOSPC while writing becomes a one-line error; atomic_dir has already removed the partial output."""
+    try:
+        yield
+    except Exception as exc:  # safetensors reports ENOSPC as SafetensorError, not OSError
+        if getattr(exc, "errno", None) != errno.ENOSPC and "(os error 28)" not in str(exc):
+            raise
+        raise NpuportError(target, "no space left on device while writing the fused model") from None
+
+
 def copy_side_files(download_dir: Path, staging: Path) -> list[str]:
     """Copy tokenizer, generation config and other non-weight files (not config.json) into the model dir."""
     copied = []
@@ -152,12 +166,14 @@ def fuse(
     group_size: int = 128,
     max_shard_size: int = 2 * 10**9,
     dtype: str = "keep",
+    trust_remote_code: bool = False,
 ) -> dict:
     """Write the fused model directory ``target`` (atomically) and return its fuse.json document."""
     download_dir, target = Path(download_dir), Path(target)
     records = []
-    with Checkpoint.open(download_dir) as checkpoint, atomic_dir(target) as staging:
-        check_free_space(target, sum(t.nbytes for t in checkpoint.tensors.values()))
+    with Checkpoint.open(download_dir) as checkpoint, atomic_dir(target) as staging, _disk_full_is_user_error(target):
+        needed = sum(t.nbytes for t in checkpoint.tensors.values())
+        check_free_space(target, needed)
         writer = ShardWriter(staging, max_shard_size)
         for name in tqdm(sorted(checkpoint.tensors), desc="fuse", unit="tensor"):
             tensor, record = fuse_tensor(name, checkpoint.load(name), mode, group_size, dtype)
@@ -167,6 +183,7 @@ def fuse(
         index = writer.finish()
         write_json(staging / "config.json", config)
         side_files = copy_side_files(download_dir, staging)
+        tokenizer = check_tokenizer(staging, config["vocab_size"], trust_remote_code)
         linears = [r for r in records if "ternary" in r]
         document = {
             "mode": mode,
@@ -181,6 +198,7 @@ def fuse(
             "total_bytes": index["metadata"]["total_size"],
             "shards": sorted(set(index["weight_map"].values())),
             "side_files": side_files,
+            "tokenizer": tokenizer,
             "tensors": records,
         }
         write_json(staging / "fuse.json", document)

@@ -70,3 +70,15 @@ def check_config(config: dict, schema_path: str, config_files: list) -> None:
     where = "/".join(str(p) for p in error.absolute_path) or "top level"
     files = ", ".join(str(f) for f in config_files) or "config"
     raise NpuportError(files, f"config fails the schema at {where}: {error.message}")
+
+
+def require_utf8(*paths) -> None:
+    """One-line NpuportError naming the first config file that is not valid UTF-8."""
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                fh.read()
+        except UnicodeDecodeError as exc:
+            raise NpuportError(path, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+        except FileNotFoundError:
+            continue

@@ -15,6 +15,7 @@ rule fuse:
         mem_mb=4000,
     params:
         fuse=model_setting("fuse"),
-        code=module_hash("fuse", "checkpoint", "ternary", "settings", "atomic"),
+        trust_remote_code=model_field("trust_remote_code", False),
+        code=module_hash("fuse", "checkpoint", "ternary", "tokenizer_check", "settings", "atomic"),
     script:
         "../scripts/fuse.py"

@@ -1,0 +1,153 @@
+"""Faults and bad input: each gives a clear one-line error and leaves nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import copy_workflow, run_snakemake
+from model_factory import TOKENIZER_FILES, tiny_model, write_latent_checkpoint
+
+import npuport.fuse
+from npuport.errors import NpuportError
+from npuport.fuse import fuse
+from npuport.introspect import introspect_checkpoint
+from npuport.repair import repair
+
+
+def _fuse(src: Path, out: Path, **kwargs):
+    introspection = introspect_checkpoint(src)
+    config, _ = repair(src / "config.json", introspection)
+    return fuse(src, config, introspection, out, group_size=32, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def latent(tmp_path_factory):
+    return write_latent_checkpoint(tmp_path_factory.mktemp("latent"), tiny_model(seed=2))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (needs root, as CI and this machine have): a real full disk."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_free_space_checked_before_writing(latent, small_tmpfs):
+    with pytest.raises(NpuportError, match="not enough free disk space"):
+        _fuse(latent, small_tmpfs / "model")
+    assert list(small_tmpfs.iterdir()) == []
+
+
+def test_disk_full_while_writing_leaves_no_partial_shard(latent, small_tmpfs, monkeypatch):
+    monkeypatch.setattr(npuport.fuse, "check_free_space", lambda target, needed: None)  # let the writes hit ENOSPC
+    with pytest.raises(NpuportError, match="no space left on device"):
+        _fuse(latent, small_tmpfs / "model", max_shard_size=200_000)
+    assert list(small_tmpfs.iterdir()) == []
+
+
+def test_missing_tokenizer(latent, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pytorch_model.bin", "config.json"):
+        (src / name).symlink_to(latent / name)
+    with pytest.raises(NpuportError, match="no tokenizer in the checkpoint"):
+        _fuse(src, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_tokenizer_larger_than_embedding(tmp_path):
+    src = write_latent_checkpoint(tmp_path / "src", tiny_model(seed=3, vocab_size=512))
+    with pytest.raises(NpuportError, match="tokenizer has 1024 tokens but the embedding has only 512 rows"):
+        _fuse(src, tmp_path / "model")
+    assert not (tmp_path / "model").exists()
+
+
+def test_broken_tokenizer_file(latent, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pytorch_model.bin", "config.json", *TOKENIZER_FILES):
+        (src / name).symlink_to(latent / name)
+    (src / "tokenizer.json").unlink()
+    (src / "tokenizer.json").write_text('{"model": ')
+    with pytest.raises(NpuportError, match="tokenizer does not load"):
+        _fuse(src, tmp_path / "model")
+
+
+def test_config_not_utf8_is_one_line_error(workflow_copy):
+    config = workflow_copy / "config" / "config.yaml"
+    config.write_bytes(config.read_bytes().replace("三元量化".encode(), b"\xff\xfe\xfd"))
+    result = run_snakemake(workflow_copy, "-n", "report", check=False)
+    assert result.returncode != 0
+    assert "config/config.yaml: not valid UTF-8 (invalid start byte at byte" in result.stdout, result.stdout[-1500:]
+
+
+# --- SIGKILL in the middle of fuse, then --rerun-incomplete ------------------------------------------------------
+
+BIG = {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 6, "num_attention_heads": 8, "head_dim": 64}
+
+
+def _big_workflow(tmp_path: Path, name: str, source: Path) -> Path:
+    workdir = copy_workflow(tmp_path / name)
+    config = {
+        "models": [{"name": "big", "source": {"kind": "local", "path": str(source)}}],
+        "fuse": {"max_shard_size": "4MB", "group_size": 128},
+    }
+    (workdir / "big.yaml").write_text(json.dumps(config))
+    return workdir
+
+
+def _digests(workdir: Path) -> dict[str, str]:
+    model = workdir / "results" / "big"
+    paths = sorted((model / "model").glob("*.safetensors")) + [model / "config.json", model / "introspect.json"]
+    paths += sorted((model / "download").rglob("*"))
+    return {str(p.relative_to(model)): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
+
+
+def _kill_job_when(process: subprocess.Popen, script: str, ready, timeout: float = 300) -> None:
+    """SIGKILL the job process that runs ``script`` (not Snakemake itself) once ``ready()`` holds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert process.poll() is None, process.communicate()[0][-3000:]
+        assert time.monotonic() < deadline, "the job never reached the point to kill it"
+        time.sleep(0.05)
+    jobs = [p for p in psutil.Process(process.pid).children(recursive=True) if script in " ".join(p.cmdline())]
+    assert jobs, "job process not found"
+    for job in jobs:
+        job.send_signal(signal.SIGKILL)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0, output[-2000:]
+
+
+@pytest.mark.e2e
+def test_sigkill_during_fuse_then_rerun_incomplete_gives_identical_outputs(tmp_path):
+    source = write_latent_checkpoint(tmp_path / "src", tiny_model(seed=4, vocab_size=1024, **BIG))
+    reference = _big_workflow(tmp_path, "uninterrupted", source)
+    run_snakemake(reference, "results/big/model", "--configfile", "big.yaml")
+
+    killed = _big_workflow(tmp_path, "killed", source)
+    results = killed / "results" / "big"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "snakemake", "--cores", "2", "results/big/model", "--configfile", "big.yaml"],
+        cwd=killed,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    _kill_job_when(process, "fuse", lambda: any(results.glob(".model.*.tmp/.part-00002.safetensors")))
+    assert not (results / "model").exists()  # nothing published that a rerun could trust
+
+    run_snakemake(killed, "report", "--configfile", "big.yaml", "--rerun-incomplete", "--until", "fuse")
+    assert not list(results.glob(".model.*.tmp"))  # the killed run's staging directory is gone
+    assert _digests(killed) == _digests(reference)
