@@ -178,3 +178,32 @@ def test_workflow_completes_when_vllm_is_unavailable(workflow_copy, tmp_path):
     compare_doc = _json(workflow_copy, "compare.json")
     assert compare_doc["status"] == "not measured"
     assert "smoke status not run" in compare_doc["reason"]
+
+
+def test_engine_failure_of_one_model_does_not_stop_the_other(workflow_copy):
+    """Two models, --cores 2: one engine cannot start (bad setting); both runs complete, logs separate."""
+    config = {
+        "models": [
+            {"name": "good", "source": {"kind": "local", "path": "resources/tiny-bitcpm"}},
+            {
+                "name": "bad-engine",
+                "source": {"kind": "local", "path": "resources/tiny-bitcpm"},
+                "engine": {"max_model_len": 1000000},
+            },
+        ],
+        "serve": {"enabled": False},
+    }
+    (workflow_copy / "two.yaml").write_text(json.dumps(config))
+    run_snakemake(workflow_copy, "report", "--configfile", "two.yaml")
+    results = workflow_copy / "results"
+    bad = json.loads((results / "bad-engine" / "smoke.json").read_text())
+    assert bad["status"] == "failed"
+    assert "max_model_len" in bad["reason"] or "max_model_len" in "\n".join(bad["log_tail"])
+    assert json.loads((results / "bad-engine" / "compare.json").read_text())["status"] == "not measured"
+    good = json.loads((results / "good" / "smoke.json").read_text())
+    assert good["status"] == "ok"
+    assert json.loads((results / "good" / "compare.json").read_text())["status"] == "passed"
+    good_log = (workflow_copy / "logs" / "good" / "smoke.log").read_text()
+    bad_log = (workflow_copy / "logs" / "bad-engine" / "smoke.log").read_text()
+    assert "results/good/model" in good_log and "results/bad-engine/model" not in good_log
+    assert "results/bad-engine/model" in bad_log and "results/good/model" not in bad_log
