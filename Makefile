@@ -13,6 +13,9 @@ EXTRAS := dev$(if $(filter x86_64,$(shell uname -m)),$(if $(filter Linux,$(shell
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	# git-lfs for `source.kind: git` (Debian package; needs root, else install it yourself)
+	command -v git-lfs >/dev/null || (apt-get update -qq && apt-get install -y -qq git-lfs) \
+		|| echo "warning: git-lfs is not installed: git sources (and their tests) are unavailable"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned to the CPU build: anything newer would pull a multi-GB CUDA build

@@ -1,12 +1,13 @@
 import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
 from npuport.atomic import read_json
 from npuport.download import download
 from npuport.errors import NpuportError
-from npuport.manifest import safe_relpath
+from npuport.manifest import ChecksumMismatch, check_file, safe_relpath
 
 
 def _source(tmp_path):
@@ -31,7 +32,11 @@ def test_local_download_writes_manifest_with_sha256(tmp_path):
         "path": "sub/weights.bin",
         "bytes": 4096,
         "sha256": hashlib.sha256(data).hexdigest(),
+        "expected_sha256": None,  # a local directory advertises no checksum
+        "verified": None,
+        "verified_by": None,
     }
+    assert manifest["source_resolved"] == {"kind": "local", "path": str(src)}
     assert (target / "sub" / "weights.bin").read_bytes() == data
     assert manifest["total_bytes"] == 4096 + len('{"a": 1}')
 
@@ -73,7 +78,48 @@ def test_plain_relative_names_accepted():
     assert str(safe_relpath("sub/model.safetensors")) == "sub/model.safetensors"
 
 
-def test_remote_kinds_say_not_implemented(tmp_path):
-    with pytest.raises(NpuportError, match="not implemented"):
-        download({"kind": "hf", "repo_id": "a/b"}, tmp_path / "d")
+def test_unknown_kind_named(tmp_path):
+    with pytest.raises(NpuportError, match="unknown source kind 'ftp'"):
+        download({"kind": "ftp"}, tmp_path / "d")
     assert not (tmp_path / "d").exists()
+
+
+def test_symlink_inside_source_is_followed(tmp_path):
+    src = _source(tmp_path)
+    (src / "alias.json").symlink_to("config.json")
+    manifest = download({"kind": "local", "path": "src"}, tmp_path / "d", base_dir=tmp_path)
+    assert (tmp_path / "d" / "alias.json").read_text() == '{"a": 1}'
+    assert "alias.json" in {f["path"] for f in manifest["files"]}
+
+
+def _entry(path: Path, **expected):
+    data = path.read_bytes()
+    entry = {"path": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return check_file(entry, path, expected)
+
+
+def test_check_file_by_sha256_and_git_blob_id(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"hello\n")
+    by_sha = _entry(path, sha256=hashlib.sha256(b"hello\n").hexdigest().upper(), size=6)
+    assert (by_sha["verified"], by_sha["verified_by"]) == (True, "sha256")
+    # `git hash-object` of "hello\n"
+    by_oid = _entry(path, git_oid="ce013625030ba8dba906f756967f9e9ca394464a")
+    assert (by_oid["verified"], by_oid["verified_by"], by_oid["expected_sha256"]) == (True, "git-blob-sha1", None)
+    assert _entry(path)["verified"] is None
+
+
+@pytest.mark.parametrize(
+    ("expected", "message"),
+    [
+        ({"sha256": "0" * 64}, "sha256 .* does not match"),
+        ({"git_oid": "0" * 40}, "git blob id"),
+        ({"size": 7}, "6 bytes"),
+    ],
+)
+def test_check_file_mismatch_refused(tmp_path, expected, message):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"hello\n")
+    with pytest.raises(ChecksumMismatch, match=message) as caught:
+        _entry(path, **expected)
+    assert caught.value.relpath == "w.bin"

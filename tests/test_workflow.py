@@ -15,7 +15,8 @@ from npuport.ternary import is_quantized_linear
 
 pytestmark = pytest.mark.e2e
 
-DOWNSTREAM_OF_FUSE = {"fuse", "smoke", "baseline", "report_index"}
+DOWNSTREAM_OF_FUSE = {"fuse", "smoke", "baseline", "compare", "report_model", "report_index", "report"}
+DOWNSTREAM_OF_ENGINES = {"smoke", "baseline", "compare", "report_model", "report_index", "report"}
 WRONG_FIELDS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"}
 
 
@@ -44,12 +45,15 @@ def test_every_artifact_produced(default_run):
         "env.json",
         "smoke.json",
         "baseline.json",
+        "compare.json",
     ):
         assert (model / rel).is_file(), rel
-    for rule in ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline"):
+    for rule in ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare"):
         assert (model / "benchmarks" / f"{rule}.tsv").is_file(), rule
         assert (default_run / "logs" / "tiny-bitcpm" / f"{rule}.log").is_file(), rule
     assert (default_run / "results" / "report.md").is_file()
+    assert (model / "report.md").is_file() and (model / "report.json").is_file()
+    assert len(list((model / "plots").glob("*.png"))) >= 2
 
 
 def test_introspection_finds_the_wrong_config_fields(default_run):
@@ -110,7 +114,16 @@ def test_group_size_change_reruns_fuse_and_downstream_only(default_run, tmp_path
 
 def test_prompt_change_reruns_engines_not_fuse(default_run, tmp_path):
     args = _with_config(default_run, tmp_path, lambda t: t.replace("Hello, how are you?", "Hello there"))
-    assert set(planned_rules(default_run, *args)) == {"smoke", "baseline", "report_index"}
+    assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_ENGINES
+
+
+def lower_threshold(text):
+    return text.replace("min_top1_agreement: 0.95", "min_top1_agreement: 0.9")
+
+
+def test_threshold_change_reruns_compare_and_report_only(default_run, tmp_path):
+    args = _with_config(default_run, tmp_path, lower_threshold)
+    assert set(planned_rules(default_run, *args)) == {"compare", "report_model", "report_index", "report"}
 
 
 @pytest.mark.parametrize(

@@ -1,43 +1,59 @@
-"""results/report.md: one row per configured model with what each stage found."""
+"""results/report.md: one row per configured model with its overall status and a link to its report.
+
+It reads each model's results/<model>/report.json (written with the report, see npuport.report), so the
+status here is the very verdict of the model's own conclusion table.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
-import pandas as pd
-
 from npuport.atomic import atomic_path, read_json
+from npuport.codehash import module_hash
+from npuport.conclusion import NOT_MEASURED, SYMBOLS
+from npuport.mdtext import Md, link, table, text
+from npuport.report_common import TEMPLATE_DIR, Messages, status_cell
 
 
-def _engine_cell(document: dict) -> str:
-    if document.get("status") != "ok":
-        return f"{document.get('status', 'unknown')}: {document.get('reason') or ''}".strip()
-    platform = document.get("platform", {})
-    return f"ok on {platform.get('device', platform.get('name', 'unknown device'))}"
+def index_code_hash() -> str:
+    """Hash of the index's modules and message catalogs (a rerun trigger)."""
+    digest = hashlib.sha256(module_hash("index", "mdtext", "report_common", "conclusion", "atomic").encode())
+    for path in sorted(TEMPLATE_DIR.glob("messages.*.yaml")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
-def model_row(name: str, results: Path) -> dict:
-    """What one model's artifacts say, in a few cells."""
-    directory = results / name
-    repair = read_json(directory / "repair.json")
-    fuse = read_json(directory / "model" / "fuse.json")
-    return {
-        "model": name,
-        "config fields repaired": ", ".join(repair["repaired"]) or "none",
-        "fusion": fuse["decision"],
-        "engine (smoke)": _engine_cell(read_json(directory / "smoke.json")),
-        "reference (baseline)": _engine_cell(read_json(directory / "baseline.json")),
-    }
+def model_row(t: Messages, name: str, results: Path) -> tuple:
+    """The index row of one model: link to its report, overall status, engine platform, check counts."""
+    report = results / name / "report.md"
+    summary_path = results / name / "report.json"
+    label = link(name, f"{name}/report.md") if report.is_file() else text(name)
+    if not summary_path.is_file():
+        return label, status_cell(t, NOT_MEASURED), t("index.no_report"), "", ""
+    summary = read_json(summary_path)
+    counts = summary.get("counts") or {}
+    tally = Md(" ".join(f"{SYMBOLS[s]} {counts.get(s, 0)}" for s in SYMBOLS))
+    unmeasured = [t("check." + c["check"]) for c in summary.get("checks") or [] if c.get("status") == NOT_MEASURED]
+    status = summary.get("status", NOT_MEASURED)
+    return (
+        label,
+        status_cell(t, status if status in SYMBOLS else NOT_MEASURED),
+        summary.get("engine_device") or t("word.not_measured"),
+        tally,
+        Md("; ".join(unmeasured)) if unmeasured else t("word.none"),
+    )
 
 
-def escape_cell(value: object) -> str:
-    """Cell text that cannot break a Markdown table row."""
-    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+def render_index(models: list[str], results: str | Path, language: str = "en") -> str:
+    t = Messages(language)
+    rows = [model_row(t, name, Path(results)) for name in models]
+    headers = [t("index.model"), t("index.status"), t("index.engine"), t("index.checks"), t("index.not_measured")]
+    return f"# {t('index.title')}\n\n{t('index.intro')}\n\n{table(rows, headers)}\n\n{t('head.legend')}\n"
 
 
-def write_index(models: list[str], results: str | Path, target: str | Path) -> None:
-    """Write the Markdown index over ``models``."""
-    table = pd.DataFrame([model_row(m, Path(results)) for m in models]).map(escape_cell)
-    text = "# npuport: adaptation runs\n\n" + table.to_markdown(index=False) + "\n"
+def write_index(models: list[str], results: str | Path, target: str | Path, language: str = "en") -> None:
+    """Write the Markdown index over ``models`` (links relative to ``target``, which lives in ``results``)."""
+    text_out = render_index(models, results, language)
     with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_text(text_out, encoding="utf-8")

@@ -12,6 +12,15 @@ rule download:
     params:
         source=model_field("source"),
         base_dir=workflow.basedir,
-        code=module_hash("download", "manifest", "atomic"),
+        code=module_hash(
+            "download",
+            "manifest",
+            "atomic",
+            "sources/common",
+            "sources/worker",
+            "sources/hf",
+            "sources/git",
+            "sources/modelscope",
+        ),
     script:
         "../scripts/download.py"

@@ -16,6 +16,8 @@ rule fuse:
     params:
         fuse=model_setting("fuse"),
         trust_remote_code=model_field("trust_remote_code", False),
-        code=module_hash("fuse", "checkpoint", "ternary", "tokenizer_check", "settings", "atomic"),
+        code=module_hash(
+            "fuse", "checkpoint", "ternary", "tokenizer_check", "settings", "atomic"
+        ),
     script:
         "../scripts/fuse.py"

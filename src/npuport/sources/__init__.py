@@ -1,0 +1,1 @@
+"""Remote checkpoint sources of the download stage: Hugging Face hub, ModelScope, git + LFS."""

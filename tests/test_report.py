@@ -1,0 +1,665 @@
+"""The report stage: reports rendered from artifact sets and parsed back with markdown-it-py.
+
+The base set (tests/data/artifacts/tiny-bitcpm) is a real run; every other case edits a copy of it.
+Expected values are read from the artifacts, never typed in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import string
+from pathlib import Path
+
+import pytest
+import yaml
+from markdown_it import MarkdownIt
+
+from npuport import compare as compare_stage
+from npuport.conclusion import FAILED, NOT_MEASURED, PASSED, SYMBOLS, accelerator_verdict, overall_status, verdicts
+from npuport.envprobe import diagnose
+from npuport.generation import document
+from npuport.index import write_index
+from npuport.mdtext import NEWLINE_MARK, code, fence, table, text
+from npuport.npu_smi import parse_npu_smi_info
+from npuport.pipeline_cost import stage_costs
+from npuport.report import report_code_hash, write_report
+from npuport.report_common import TEMPLATE_DIR, Messages, load_artifacts
+
+DATA = Path(__file__).resolve().parent / "data"
+BASE = DATA / "artifacts" / "tiny-bitcpm"
+MODEL = "tiny-bitcpm"
+NPU_SMI = DATA / "npu-smi" / "910b3-8npu-vllm-ascend-3024.txt"
+NASTY = (
+    "| a | b |\n# heading\n<script>alert(1)</script> *bold* _it_ `tick` ```fence``` [x](javascript:y) "
+    "![i](z) &amp; \\ back\r\n- item\n1. one ~~del~~ <b>b</b> $m$ |"
+)
+CATALOG = {lang: yaml.safe_load((TEMPLATE_DIR / f"messages.{lang}.yaml").read_text("utf-8")) for lang in ("en", "zh")}
+MD = MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"])
+
+
+# -- helpers: artifact sets and a small Markdown reader ----------------------------------------------------------
+
+
+def load(directory: Path, name: str) -> dict:
+    return json.loads((directory / name).read_text(encoding="utf-8"))
+
+
+def save(directory: Path, name: str, doc: dict) -> None:
+    (directory / name).write_text(json.dumps(doc, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+def artifact_set(tmp_path: Path) -> Path:
+    """A copy of the base set at tmp_path/results/tiny-bitcpm, to edit."""
+    target = tmp_path / "results" / MODEL
+    shutil.copytree(BASE, target)
+    return target
+
+
+def render(directory: Path, language: str = "en") -> tuple[str, Report]:
+    markdown = write_report(
+        MODEL, directory, directory / "report.md", directory / "plots", directory / "report.json", language
+    )
+    assert (directory / "report.md").read_text(encoding="utf-8") == markdown
+    return markdown, Report(markdown)
+
+
+def inline_text(token) -> str:
+    """The text a reader sees in an inline token (emphasis markers dropped, code spans as their content)."""
+    parts = []
+    for child in token.children or []:
+        if child.type in ("text", "code_inline"):
+            parts.append(child.content)
+        elif child.type in ("softbreak", "hardbreak"):
+            parts.append("\n")
+        elif child.type == "html_inline":
+            parts.append(f"<<HTML {child.content}>>")
+    return "".join(parts)
+
+
+class Report:
+    """Headings, tables and fenced blocks of a rendered report, grouped by their ## section."""
+
+    def __init__(self, markdown: str):
+        self.markdown = markdown
+        self.tokens = MD.parse(markdown)
+        self.html = MD.render(markdown)
+        self.h1, self.h2, self.h3 = [], [], []
+        self.tables: list[tuple[str, list[list[str]]]] = []  # (section, rows incl. header)
+        self.fences: list[tuple[str, str]] = []
+        section, row, rows = "", None, None
+        tokens = self.tokens
+        for i, tok in enumerate(tokens):
+            if tok.type == "heading_open":
+                title = inline_text(tokens[i + 1])
+                {"h1": self.h1, "h2": self.h2, "h3": self.h3}[tok.tag].append(title)
+                section = title if tok.tag == "h2" else section
+            elif tok.type == "table_open":
+                rows = []
+            elif tok.type == "tr_open":
+                row = []
+            elif tok.type in ("td_open", "th_open"):
+                row.append(inline_text(tokens[i + 1]))
+            elif tok.type == "tr_close":
+                rows.append(row)
+            elif tok.type == "table_close":
+                self.tables.append((section, rows))
+            elif tok.type == "fence":
+                self.fences.append((section, tok.content))
+
+    def section_tables(self, number: int) -> list[list[list[str]]]:
+        return [rows for section, rows in self.tables if section.startswith(f"{number}. ")]
+
+    def table_with(self, number: int, header_cell: str) -> list[dict[str, str]]:
+        """The first table of section ``number`` whose header has ``header_cell``, as dicts by header."""
+        for rows in self.section_tables(number):
+            if header_cell in rows[0]:
+                return [dict(zip(rows[0], r, strict=True)) for r in rows[1:]]
+        raise AssertionError(f"no table with column {header_cell!r} in section {number}: {self.section_tables(number)}")
+
+    def html_tokens(self) -> list:
+        found = []
+        for tok in self.tokens:
+            found += [tok] if tok.type.startswith("html") else []
+            found += [c for c in tok.children or [] if c.type.startswith("html")]
+        return found
+
+
+def number(cell: str) -> float:
+    """The first number in a cell ('1,234.5 tok/s (65 tok / 0.166 s)' -> 1234.5)."""
+    match = re.search(r"-?[\d,]*\.?\d+(?:e[-+]?\d+)?", cell)
+    assert match, f"no number in {cell!r}"
+    return float(match.group().replace(",", ""))
+
+
+def close(shown: float, value: float, significant: int = 3) -> bool:
+    """``shown`` is ``value`` rounded to ``significant`` digits (or to the shown decimals, whichever is coarser)."""
+    return math.isclose(shown, value, rel_tol=10 ** (1 - significant), abs_tol=5e-4)
+
+
+def label(language: str, key: str) -> str:
+    return CATALOG[language][key]
+
+
+def conclusion(report: Report, language: str = "en") -> dict[str, str]:
+    """Check label -> result cell of the conclusion table."""
+    rows = report.table_with(9, label(language, "col.check"))
+    return {r[label(language, "col.check")]: r[label(language, "col.result")] for r in rows}
+
+
+def row_status(report: Report, check: str, language: str = "en") -> str:
+    cell = conclusion(report, language)[label(language, f"check.{check}").replace("`", "")]
+    return next(status for status, symbol in SYMBOLS.items() if cell.startswith(symbol))
+
+
+@pytest.fixture
+def real(tmp_path):
+    directory = artifact_set(tmp_path)
+    markdown, report = render(directory)
+    return directory, report
+
+
+# -- the real set ------------------------------------------------------------------------------------------------
+
+
+def test_all_numbered_sections_in_order(real):
+    _, report = real
+    assert len(report.h1) == 1 and MODEL in report.h1[0]
+    numbered = [h for h in report.h2 if re.match(r"\d+\. ", h)]
+    assert numbered == [f"{i}. {label('en', f's{i}')}" for i in range(1, 12)]
+
+
+def test_every_table_row_has_as_many_cells_as_its_header(real):
+    _, report = real
+    assert len(report.tables) >= 15
+    for section, rows in report.tables:
+        assert len(rows) >= 2, (section, rows)
+    # markdown-it pads or cuts rows; the raw lines must already agree (no unescaped | from artifact text)
+    for block in re.findall(r"(?:^\|.*\|\n)+", report.markdown, re.M):
+        widths = {len(re.findall(r"(?<!\\)\|", line)) for line in block.splitlines()}
+        assert len(widths) == 1, block
+
+
+def test_architecture_numbers_equal_the_artifacts(real):
+    directory, report = real
+    derived = load(directory, "introspect.json")["derived"]
+    facts = {r[label("en", "col.property")]: r[label("en", "col.value")] for r in report.table_with(1, "Property")}
+    assert number(facts[label("en", "arch.parameters")]) == derived["parameter_count"]
+    assert number(facts[label("en", "arch.vocab")]) == derived["vocab_size"]
+    fields = {r["Field"]: r for r in report.table_with(1, "Field")}
+    for row in load(directory, "repair.json")["fields"]:
+        shown = fields[row["field"]]
+        status = {"ok": "✅", "repaired": "❌", "not derivable": "⚠"}[row["status"]]
+        assert shown["Status"].startswith(status)
+        if isinstance(row["derived"], int) and not isinstance(row["derived"], bool):
+            assert number(shown["Derived from weights"]) == row["derived"]
+        if isinstance(row["declared"], int) and not isinstance(row["declared"], bool):
+            assert number(shown["Declared (downloaded config)"]) == row["declared"]
+
+
+def test_outputs_and_performance_equal_the_artifacts(real):
+    directory, report = real
+    smoke, base = load(directory, "smoke.json"), load(directory, "baseline.json")
+    outputs = report.table_with(4, label("en", "col.output"))
+    assert len(outputs) == len(smoke["prompts"])
+    for shown, record in zip(outputs, smoke["prompts"], strict=True):
+        assert shown[label("en", "col.output")] == record["text"].strip()
+        assert number(shown[label("en", "col.tokens")]) == record["num_tokens"]
+        assert close(number(shown[label("en", "col.time")]), record["latency_s"])
+    assert [body for _, body in report.fences if body.rstrip("\n") in {r["text"] for r in smoke["prompts"]}]
+    perf = {r[label("en", "col.metric")]: r for r in report.table_with(5, label("en", "col.engine"))}
+    load_row = perf[label("en", "perf.load")]
+    assert close(number(load_row[label("en", "col.engine")]), smoke["load_seconds"])
+    assert close(number(load_row[label("en", "col.baseline")]), base["load_seconds"])
+    single = perf[label("en", "perf.single")][label("en", "col.engine")]
+    assert close(number(single), smoke["throughput"]["single"]["tokens_per_s"])
+    assert f"({smoke['throughput']['single']['tokens']} tok" in single
+    ttft = sum(p["ttft_s"] for p in smoke["prompts"]) / len(smoke["prompts"])
+    assert close(number(perf[label("en", "perf.ttft")][label("en", "col.engine")]) / 1000, ttft)
+    kv = perf[label("en", "perf.kv")][label("en", "col.engine")]
+    assert number(kv) == smoke["kv_cache"]["tokens"]
+
+
+def test_comparison_and_thresholds_equal_the_artifacts(real):
+    directory, report = real
+    compare = load(directory, "compare.json")
+    rows = report.table_with(5, label("en", "col.classification"))
+    assert len(rows) == len(compare["prompts"])
+    for shown, p in zip(rows, compare["prompts"], strict=True):
+        assert number(shown[label("en", "col.compared")]) == p["compared"]
+        assert number(shown[label("en", "col.matched")]) == p["matched"]
+        assert close(number(shown[label("en", "col.mean_diff")]), p["teacher_forced"]["mean_abs_logprob_diff"], 4)
+        assert close(number(shown[label("en", "col.max_diff")]), p["teacher_forced"]["max_abs_logprob_diff"], 4)
+    checks = report.table_with(5, label("en", "col.threshold"))
+    assert [c[label("en", "col.threshold")] for c in checks] == [c["threshold"] for c in compare["checks"]]
+    for shown, check in zip(checks, compare["checks"], strict=True):
+        assert close(number(shown[label("en", "col.value")]), check["value"], 4)
+        assert shown[label("en", "col.limit")].startswith(check["op"])
+        assert number(shown[label("en", "col.limit")]) == check["limit"]
+        assert shown[label("en", "col.result")] == {True: "✅", False: "❌", None: "⚠"}[check["passed"]]
+    ppl = {
+        r[label("en", "col.metric")]: r[label("en", "col.value")]
+        for r in report.table_with(5, "Source (artifact: field)")
+        if r[label("en", "col.metric")].startswith("Perplexity")
+    }
+    assert close(number(ppl[label("en", "acc.ppl_engine")]), compare["overall"]["perplexity_engine"], 4)
+    assert close(number(ppl[label("en", "acc.ppl_reference")]), compare["overall"]["perplexity_reference"], 4)
+
+
+def test_pipeline_cost_table_equals_the_benchmark_files(real):
+    directory, report = real
+    rows = {r[label("en", "col.stage")]: r for r in report.table_with(10, label("en", "col.stage"))}
+    for tsv in (directory / "benchmarks").glob("*.tsv"):
+        header, values = tsv.read_text().splitlines()[:2]
+        measured = dict(zip(header.split("\t"), values.split("\t"), strict=True))
+        assert close(number(rows[tsv.stem][label("en", "col.wall")]), float(measured["s"]))
+        assert close(number(rows[tsv.stem][label("en", "col.rss")]), float(measured["max_rss"]))
+
+
+def test_conclusion_rows_follow_the_artifacts(real):
+    directory, report = real
+    smoke, compare = load(directory, "smoke.json"), load(directory, "compare.json")
+    assert set(conclusion(report)) == {
+        label("en", f"check.{c}").replace("`", "")
+        for c in (
+            "config",
+            "fusion",
+            "engine",
+            "npu",
+            "gpu",
+            "serve",
+            "baseline",
+            "tokens",
+            "teacher_forced",
+            "perplexity",
+        )
+    }
+    assert row_status(report, "engine") == (PASSED if smoke["status"] == "ok" else FAILED)
+    on_npu = smoke["platform"]["name"] == "npu"
+    assert row_status(report, "npu") == (PASSED if on_npu else NOT_MEASURED)
+    assert row_status(report, "gpu") == (PASSED if smoke["platform"]["name"] == "cuda" else NOT_MEASURED)
+    assert row_status(report, "tokens") == (PASSED if compare["status"] == "passed" else FAILED)
+    reasons = {r["Check"]: r[label("en", "col.measured")] for r in report.table_with(9, "Check")}
+    if not on_npu:
+        assert reasons[label("en", "check.npu")].startswith("no NPU on this host")
+        assert smoke["platform"]["device"] in reasons[label("en", "check.npu")]
+    for r in report.table_with(9, "Check"):
+        assert r[label("en", "col.evidence")].split(":")[0].endswith(".json")
+    summary = load(directory, "report.json")
+    assert summary["status"] == overall_status(verdicts(Messages("en"), load_artifacts(directory)))
+    assert sum(summary["counts"].values()) == len(summary["checks"]) == 10
+
+
+def test_plots_are_pngs_linked_relative_to_the_report(real):
+    directory, report = real
+    images = [c for tok in report.tokens for c in tok.children or [] if c.type == "image"]
+    assert sorted(i.attrs["src"] for i in images) == ["plots/logprob_diff.png", "plots/speed.png"]
+    for image in images:
+        assert (directory / image.attrs["src"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_names_the_commands_that_reproduce_each_artifact(real):
+    _, report = real
+    commands = report.table_with(3, label("en", "col.rule"))
+    assert {r[label("en", "col.rule")] for r in commands} >= {"introspect", "fuse", "smoke", "compare", "report_model"}
+    for r in commands:
+        assert r[label("en", "col.command")] == f"snakemake --cores 4 {r[label('en', 'col.artifact')]}"
+        assert r[label("en", "col.force")].endswith(f"--forcerun {r[label('en', 'col.rule')]}")
+    serve = [body for section, body in report.fences if section.startswith("4. ")]
+    assert serve[0].startswith("vllm serve ")
+
+
+# -- edited sets ---------------------------------------------------------------------------------------------------
+
+
+def test_smoke_not_run_renders_not_measured_without_crashing(tmp_path):
+    directory = artifact_set(tmp_path)
+    smoke, base = load(directory, "smoke.json"), load(directory, "baseline.json")
+    reason = "vLLM cannot be imported: ModuleNotFoundError: No module named 'vllm'"
+    not_run = document(
+        "smoke",
+        "not run",
+        reason,
+        settings=smoke["settings"],
+        vllm_serve_command=smoke["vllm_serve_command"],
+        serve={"status": "not run", "reason": "the offline engine did not run"},
+    )
+    save(directory, "smoke.json", not_run)
+    save(
+        directory,
+        "compare.json",
+        compare_stage.not_measured(not_run, base, load(directory, "compare.json")["settings"]),
+    )
+    markdown, report = render(directory)
+    assert [h for h in report.h2 if re.match(r"\d+\. ", h)][8] == "9. Conclusion"
+    for check in ("engine", "npu", "gpu", "serve", "tokens", "teacher_forced", "perplexity"):
+        assert row_status(report, check) == NOT_MEASURED, check
+    reasons = {r["Check"]: r[label("en", "col.measured")] for r in report.table_with(9, "Check")}
+    assert reason in reasons[label("en", "check.engine")]
+    assert "compare.json says not measured" in reasons[label("en", "check.tokens")]
+    assert row_status(report, "baseline") == PASSED
+    assert not (directory / "plots" / "logprob_diff.png").exists()
+    assert "logprob_diff.png" not in markdown
+    assert load(directory, "report.json")["status"] == NOT_MEASURED  # nothing failed, but the engine never ran
+
+
+def test_engine_failure_is_a_failed_row_with_its_log(tmp_path):
+    directory = artifact_set(tmp_path)
+    smoke, base = load(directory, "smoke.json"), load(directory, "baseline.json")
+    failed = document(
+        "smoke",
+        "failed",
+        "vLLM engine did not start: RuntimeError: out of memory",
+        log_tail=["Traceback (most recent call last):", "RuntimeError: out of memory"],
+        settings=smoke["settings"],
+        engine=smoke["engine"],
+    )
+    save(directory, "smoke.json", failed)
+    save(
+        directory, "compare.json", compare_stage.not_measured(failed, base, load(directory, "compare.json")["settings"])
+    )
+    _, report = render(directory)
+    assert row_status(report, "engine") == FAILED
+    assert load(directory, "report.json")["status"] == FAILED
+    assert any("RuntimeError: out of memory" in body for section, body in report.fences if section.startswith("4. "))
+    assert any("smoke" in h and "failed" in h for h in report.h3 if h.startswith("6."))
+
+
+def npu_env(directory: Path) -> dict:
+    """env.json of an Ascend host: the recorded npu-smi table of a 910B3 host, diagnosed by the real rules."""
+    env = load(directory, "env.json")
+    smi_text = NPU_SMI.read_text(encoding="utf-8").partition("\n")[2]
+    parsed = parse_npu_smi_info(smi_text)
+    env["accelerators"]["npu_smi"] = {
+        "present": True,
+        "path": "/usr/local/bin/npu-smi",
+        "returncode": 0,
+        "parsed": parsed,
+        "errors": [],
+        "raw": smi_text,
+    }
+    env["accelerators"]["torch_npu"] = {
+        "installed": True,
+        "import_ok": True,
+        "is_available": True,
+        "device_count": parsed["count"],
+        "names": [parsed["model"]] * parsed["count"],
+    }
+    env["versions"].update(
+        {"torch": "2.9.0", "torch_npu": "2.9.0.post1", "vllm": "0.18.0", "vllm_ascend": "0.18.0rc1", "CANN": "8.5.1"}
+    )
+    env["container"]["cann_toolkit"] = {
+        "home": "/usr/local/Ascend/cann-8.5.1",
+        "real_path": "/usr/local/Ascend/cann-8.5.1",
+        "owner_uid": 0,
+        "owner_matches": False,
+        "writable": False,
+    }
+    env["container"].update({"user": "atomgit", "uid": 1000, "no_new_privs": True})
+    env["env_vars"]["ASCEND_RT_VISIBLE_DEVICES"] = "9"
+    env["platform"], env["device"] = "npu", f"Ascend {parsed['model']} x{parsed['count']} (torch_npu)"
+    env["diagnostics"] = diagnose(env)
+    return env
+
+
+def test_npu_run_marks_the_npu_row_measured(tmp_path):
+    directory = artifact_set(tmp_path)
+    env = npu_env(directory)
+    save(directory, "env.json", env)
+    smoke = load(directory, "smoke.json")
+    smoke["platform"] = {
+        "name": "npu",
+        "device_type": "npu",
+        "is_cpu": False,
+        "device": "Ascend910B3 (npu, vLLM platform NPUPlatform)",
+    }
+    save(directory, "smoke.json", smoke)
+    _, report = render(directory)
+    assert row_status(report, "npu") == PASSED
+    assert row_status(report, "gpu") == NOT_MEASURED
+    chips = report.table_with(2, "chip")
+    assert len(chips) == env["accelerators"]["npu_smi"]["parsed"]["count"]
+    issues = " ".join(h for h in report.h3 if h.startswith("6."))
+    fixes = [h for h in report.h3 if h.startswith("7.")]
+    assert env["diagnostics"], "the recorded host must raise diagnostics"
+    for diag in env["diagnostics"]:
+        assert diag["summary"] in issues
+        assert any(diag["id"] in h for h in fixes)
+        assert " ".join(diag["fix"].split()[:6]) in report.markdown.replace("\\", "")
+
+
+def test_npu_run_that_failed_is_a_failed_npu_row(tmp_path):
+    directory = artifact_set(tmp_path)
+    save(directory, "env.json", npu_env(directory))
+    smoke = load(directory, "smoke.json")
+    smoke.update(
+        status="failed",
+        reason="generation failed: RuntimeError: ACL error",
+        platform={"name": "npu", "device": "Ascend910B3 (npu, vLLM platform NPUPlatform)"},
+    )
+    save(directory, "smoke.json", smoke)
+    _, report = render(directory)
+    assert row_status(report, "npu") == FAILED
+    assert row_status(report, "engine") == FAILED
+
+
+def test_failed_threshold_and_real_divergence_are_failed_rows(tmp_path):
+    directory = artifact_set(tmp_path)
+    compare = load(directory, "compare.json")
+    strict = compare["settings"]["thresholds"] | {
+        "max_mean_abs_logprob_diff": compare["overall"]["mean_abs_logprob_diff"] / 2
+    }
+    compare["checks"] = compare_stage.threshold_checks(compare["overall"], strict)
+    first = compare["prompts"][0]
+    smoke = load(directory, "smoke.json")
+    engine_record = smoke["prompts"][0]
+    reference_record = dict(
+        engine_record, token_ids=[engine_record["token_ids"][0] + 1] + engine_record["token_ids"][1:]
+    )
+    first.update(compare_stage.first_divergence(engine_record, reference_record, None))
+    first["classification"] = compare_stage.classify(first["divergence"], compare["settings"]["benign_logprob_gap"])
+    compare["status"] = "failed"
+    save(directory, "compare.json", compare)
+    markdown, report = render(directory)
+    assert row_status(report, "teacher_forced") == FAILED
+    assert row_status(report, "tokens") == (FAILED if first["classification"] == "real divergence" else PASSED)
+    assert load(directory, "report.json")["status"] == FAILED
+    assert any("max_mean_abs_logprob_diff" in h for h in report.h3 if h.startswith("7."))
+    divergence = report.table_with(5, label("en", "col.divergence"))[0][label("en", "col.divergence")]
+    assert divergence.startswith("at token 0: engine ")
+    token = engine_record["token_ids"][0]
+    assert f'{token} "' in divergence  # the token's text from the model's tokenizer follows its id
+
+
+def test_markdown_metacharacters_in_artifacts_stay_text(tmp_path):
+    directory = artifact_set(tmp_path)
+    smoke = load(directory, "smoke.json")
+    smoke["prompts"][0]["text"] = NASTY
+    smoke["serve"]["reason"] = NASTY
+    save(directory, "smoke.json", smoke)
+    env = load(directory, "env.json")
+    env["diagnostics"].append(
+        {"id": "nasty|id", "severity": "warning", "summary": NASTY, "evidence": [NASTY], "fix": NASTY}
+    )
+    save(directory, "env.json", env)
+    markdown, report = render(directory)
+    assert report.html_tokens() == []
+    assert "<script" not in report.html and "<b>" not in report.html
+    inline = [c for tok in report.tokens for c in tok.children or []]
+    assert not [c for c in inline if c.type in ("link_open", "s_open")]
+    assert [c.attrs["src"] for c in inline if c.type == "image"] == ["plots/speed.png", "plots/logprob_diff.png"]
+    assert len(report.h1) == 1 and "heading" not in report.h2 + report.h3
+    outputs = report.table_with(4, label("en", "col.output"))
+    assert len(outputs) == len(smoke["prompts"])
+    one_line = NASTY.replace("\r\n", "\n").replace("\n", NEWLINE_MARK)
+    assert outputs[0][label("en", "col.output")] == one_line.strip()
+    assert NASTY.replace("\r\n", "\n") + "\n" in [body for _, body in report.fences]
+    assert any(one_line.strip() in h for h in report.h3)
+
+
+def test_chinese_report_has_the_same_structure_and_numbers(tmp_path):
+    directory = artifact_set(tmp_path)
+    en_md, en = render(directory, "en")
+    zh_md, zh = render(directory, "zh")
+    numbered = [h for h in zh.h2 if re.match(r"\d+\. ", h)]
+    assert numbered == [f"{i}. {label('zh', f's{i}')}" for i in range(1, 12)]
+    assert [len(rows) for _, rows in zh.tables] == [len(rows) for _, rows in en.tables]
+    assert [len(rows[0]) for _, rows in zh.tables] == [len(rows[0]) for _, rows in en.tables]
+    zh_perf = zh.table_with(5, label("zh", "col.engine"))
+    en_perf = en.table_with(5, label("en", "col.engine"))
+    assert [r[label("zh", "col.engine")] for r in zh_perf[1:6]] == [r[label("en", "col.engine")] for r in en_perf[1:6]]
+    results = conclusion(zh, "zh")
+    assert results[label("zh", "check.npu")] == f"⚠ {label('zh', 'status.not_measured')}"
+    # no English wording left (artifact text, e.g. a diagnostic's fix, stays as the artifact has it)
+    artifacts = " ".join(p.read_text(encoding="utf-8") for p in directory.rglob("*.json") if p.name != "report.json")
+    english = [m for k, m in CATALOG["en"].items() if m != CATALOG["zh"][k] and len(m) >= 15 and "{" not in m]
+    english = [m for m in english if m not in artifacts]
+    assert english and [m for m in english if m in zh_md] == []
+
+
+def test_missing_artifacts_render_as_not_measured(tmp_path):
+    directory = tmp_path / "results" / MODEL
+    (directory / "download").mkdir(parents=True)
+    shutil.copy(BASE / "download" / "manifest.json", directory / "download")
+    _, report = render(directory)
+    assert len([h for h in report.h2 if re.match(r"\d+\. ", h)]) == 11
+    assert set(conclusion(report).values()) == {f"⚠ {label('en', 'status.not_measured')}"}
+    assert load(directory, "report.json")["status"] == NOT_MEASURED
+
+
+# -- parts ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        NASTY,
+        "1. starts like a list",
+        "- bullet",
+        "+ plus",
+        "=== setext",
+        "# h",
+        "```",
+        "trailing \\",
+        "a\tb\x00c",
+        "",
+        "   ",
+        "`lead",
+        "tail`",
+        "|",
+        "<http://x.y>",
+    ],
+)
+def test_escaped_text_reads_back_as_itself(value):
+    expected = value.replace("\r\n", "\n").replace("\n", NEWLINE_MARK).replace("\t", " ").replace("\x00", "\\x00")
+    paragraph = MD.parse(str(text(value)) or "x")
+    assert [t.type for t in paragraph] in (["paragraph_open", "inline", "paragraph_close"], [])
+    if expected.strip():
+        assert inline_text(paragraph[1]) == expected.strip()
+    rows = Report(table([[value, code(value)]], ["text", "code"])).tables[0][1]
+    assert len(rows) == 2 and rows[1][0] == expected.strip()
+    assert rows[1][1] == expected if expected.strip() else rows[1][1].strip() == ""
+    block = MD.parse(fence(value + "\n```\n````"))
+    verbatim = value.replace("\r\n", "\n").replace("\x00", "\\x00")
+    assert block[0].type == "fence" and block[0].content == verbatim + "\n```\n````\n"
+
+
+def test_catalogs_have_the_same_keys_and_placeholders_and_no_html():
+    assert set(CATALOG["en"]) == set(CATALOG["zh"])
+    for key, message in CATALOG["en"].items():
+        fields = {f for _, f, _, _ in string.Formatter().parse(message) if f}
+        assert fields == {f for _, f, _, _ in string.Formatter().parse(CATALOG["zh"][key]) if f}, key
+    for language in ("en", "zh"):
+        t = Messages(language)
+        for key, message in CATALOG[language].items():
+            fields = {f for _, f, _, _ in string.Formatter().parse(message) if f}
+            rendered = Report(str(t(key, **dict.fromkeys(fields, "<i>x</i>"))))
+            assert rendered.html_tokens() == [], (language, key)
+
+
+def test_npu_row_is_passed_only_for_an_npu_platform_that_ran():
+    t = Messages("en")
+    cpu = {"status": "ok", "platform": {"name": "cpu", "device": "vLLM CPU backend"}}
+    npu = {"status": "ok", "platform": {"name": "npu", "device": "Ascend910B3"}}
+    npu_failed = {"status": "failed", "reason": "x", "platform": {"name": "npu", "device": "Ascend910B3"}}
+    broken = {"platform": "cpu", "diagnostics": [{"id": "torch_npu_import_failed", "severity": "error"}]}
+    assert accelerator_verdict(t, "npu", "npu", npu, {}).status == PASSED
+    assert accelerator_verdict(t, "npu", "npu", npu_failed, {}).status == FAILED
+    assert accelerator_verdict(t, "npu", "npu", cpu, {"platform": "cpu"}).status == NOT_MEASURED
+    assert accelerator_verdict(t, "gpu", "cuda", npu, {}).status == NOT_MEASURED
+    unusable = accelerator_verdict(t, "npu", "npu", cpu, broken)
+    assert unusable.status == NOT_MEASURED and "torch_npu_import_failed" in unusable.detail.replace("\\", "")
+    assert (
+        accelerator_verdict(t, "npu", "npu", {"status": "failed", "reason": "x"}, {"platform": "npu"}).status == FAILED
+    )
+
+
+def test_stage_costs_read_missing_values_as_not_measured(tmp_path):
+    (tmp_path / "smoke.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n99.1\t0:01:39\tNA\t69.9\n")
+    (tmp_path / "download.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n0.5\t0:00:00\t50.0\t0.4\n")
+    (tmp_path / "custom.tsv").write_text("s\th:m:s\n1.0\t0:00:01\n")
+    costs = stage_costs(tmp_path)
+    assert list(costs["stage"]) == ["download", "smoke", "custom"]
+    assert costs.loc[1, "wall_s"] == 99.1 and math.isnan(costs.loc[1, "max_rss_mb"])
+    assert costs.loc[0, "max_rss_mb"] == 50.0 and math.isnan(costs.loc[2, "cpu_s"])
+
+
+def test_index_links_each_model_report_with_its_status(tmp_path):
+    directory = artifact_set(tmp_path)
+    render(directory)
+    results = directory.parent
+    write_index([MODEL, "absent-model"], results, results / "report.md")
+    index = Report((results / "report.md").read_text(encoding="utf-8"))
+    rows = index.tables[0][1]
+    assert len(rows) == 3
+    links = [c.attrs["href"] for tok in index.tokens for c in tok.children or [] if c.type == "link_open"]
+    assert links == [f"{MODEL}/report.md"]
+    status = load(directory, "report.json")["status"]
+    assert rows[1][1] == f"{SYMBOLS[status]} {label('en', 'status.' + status.replace(' ', '_'))}"
+    assert rows[2][1].startswith("⚠") and index.html_tokens() == []
+
+
+def test_code_hash_follows_the_templates(tmp_path):
+    copy = tmp_path / "templates"
+    shutil.copytree(TEMPLATE_DIR, copy)
+    assert report_code_hash(copy) == report_code_hash()
+    (copy / "report.md.j2").write_text((copy / "report.md.j2").read_text() + "\n", encoding="utf-8")
+    assert report_code_hash(copy) != report_code_hash()
+
+
+# -- the rules, in a copy of the workflow ------------------------------------------------------------------------
+
+
+@pytest.mark.e2e
+def test_report_rules_and_snakemake_html_report(tmp_path):
+    from conftest import copy_workflow, planned_rules, run_snakemake
+
+    workdir = copy_workflow(tmp_path / "wf")
+    shutil.copytree(BASE, workdir / "results" / MODEL)
+    # mark the copied artifacts up to date, so only the report rules have work to do
+    run_snakemake(workdir, "--touch", f"results/{MODEL}/compare.json", f"results/{MODEL}/env.json")
+    assert planned_rules(workdir) == {"report_model": 1, "report_index": 1, "report": 1}
+    run_snakemake(workdir, "report")
+    index = Report((workdir / "results" / "report.md").read_text(encoding="utf-8"))
+    assert [c.attrs["href"] for t in index.tokens for c in t.children or [] if c.type == "link_open"] == [
+        f"{MODEL}/report.md"
+    ]
+    assert sorted(p.name for p in (workdir / "results" / MODEL / "plots").glob("*.png")) == [
+        "logprob_diff.png",
+        "speed.png",
+    ]
+    assert (workdir / "results" / MODEL / "benchmarks" / "report_model.tsv").is_file()
+    assert (workdir / "logs" / MODEL / "report_model.log").is_file()
+    assert planned_rules(workdir) == {}
+    # a changed report setting reruns the report rules and nothing upstream
+    assert planned_rules(workdir, "--config", "report={'language': 'zh'}") == {
+        "report_model": 1,
+        "report_index": 1,
+        "report": 1,
+    }
+    run_snakemake(workdir, "--report", "results/report.html")
+    html = (workdir / "results" / "report.html").read_text(encoding="utf-8")
+    assert f'Adaptation report of model <tt class=\\"docutils literal\\"><span class=\\"pre\\">{MODEL}' in html
+    assert "logprob_diff.png" in html

@@ -1,0 +1,20 @@
+from pathlib import Path
+
+from npuport.report import write_report
+from npuport.stage import run_stage
+
+
+def main(smk):
+    write_report(
+        smk.wildcards.model,
+        Path(smk.input.smoke).parent,
+        smk.output.report,
+        smk.output.plots,
+        smk.output.summary,
+        language=smk.params.language,
+        configfiles=list(smk.params.configfiles),
+    )
+
+
+if __name__ == "__main__":
+    run_stage("report_model", snakemake.log[0], lambda: main(snakemake))
