@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -124,8 +125,9 @@ def _kill_job_when(process: subprocess.Popen, script: str, ready, timeout: float
         time.sleep(0.05)
     jobs = [p for p in psutil.Process(process.pid).children(recursive=True) if script in " ".join(p.cmdline())]
     assert jobs, "job process not found"
-    for job in jobs:
-        job.send_signal(signal.SIGKILL)
+    for job in jobs:  # the job and whatever it started, as `kill -9` of its process group would
+        for victim in [job, *job.children(recursive=True)]:
+            victim.send_signal(signal.SIGKILL)
     output = process.communicate(timeout=120)[0]
     assert process.returncode != 0, output[-2000:]
 
@@ -151,3 +153,37 @@ def test_sigkill_during_fuse_then_rerun_incomplete_gives_identical_outputs(tmp_p
     run_snakemake(killed, "report", "--configfile", "big.yaml", "--rerun-incomplete", "--until", "fuse")
     assert not list(results.glob(".model.*.tmp"))  # the killed run's staging directory is gone
     assert _digests(killed) == _digests(reference)
+
+
+# --- SIGKILL in the middle of download (hf source, loopback hub), then --rerun-incomplete ------------------------
+
+
+@pytest.mark.e2e
+def test_sigkill_during_download_then_rerun_incomplete_gives_identical_files(tmp_path):
+    from hub_server import Faults, HubServer
+    from test_sources_hf import _serve_directory
+
+    workdir = copy_workflow(tmp_path / "wf")
+    source = {"kind": "hf", "repo_id": "npuport/tiny", "revision": "main"}
+    (workdir / "hub.yaml").write_text(json.dumps({"models": [{"name": "hub", "source": source}]}))
+    faults = Faults(stall_s={"pytorch_model.bin": 120})
+    repo = _serve_directory(workdir / "resources" / "tiny-bitcpm", "npuport/tiny")
+    with HubServer(repo, faults=faults) as hub:
+        env = os.environ | {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf-home")}
+        process = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--cores", "2", "results/hub/download", "--configfile", "hub.yaml"],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        _kill_job_when(process, "download", lambda: bool(hub.gets("pytorch_model.bin")))
+        assert not (workdir / "results" / "hub" / "download").exists()
+        faults.stall_s.clear()
+        run_snakemake(workdir, "results/hub/download", "--configfile", "hub.yaml", "--rerun-incomplete", env=env)
+    manifest = json.loads((workdir / "results" / "hub" / "download" / "manifest.json").read_text())
+    source = workdir / "resources" / "tiny-bitcpm"
+    expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in source.iterdir() if p.is_file()}
+    assert {f["path"]: f["sha256"] for f in manifest["files"]} == expected
+    assert all(f["verified"] for f in manifest["files"])
