@@ -8,20 +8,10 @@ from pathlib import Path
 
 from npuport.atomic import write_json
 from npuport.errors import NpuportError
+from npuport.introspect import DERIVED_FIELDS
 
-# Config fields that introspection derives from tensor shapes.
-DERIVABLE_FIELDS = (
-    "hidden_size",
-    "num_hidden_layers",
-    "num_attention_heads",
-    "num_key_value_heads",
-    "head_dim",
-    "intermediate_size",
-    "vocab_size",
-    "tie_word_embeddings",
-    "attention_bias",
-    "mlp_bias",
-)
+# Config fields that introspection derives from tensor shapes (its dtype is reported, not repaired).
+DERIVABLE_FIELDS = tuple(field for field in DERIVED_FIELDS if field != "dtype")
 # Fields that shapes cannot tell; reported so the table shows what was taken on trust.
 UNDERIVABLE_FIELDS = ("max_position_embeddings", "rope_theta", "rms_norm_eps", "hidden_act")
 
