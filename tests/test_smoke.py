@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -211,27 +210,6 @@ def test_missing_vllm_gives_not_run(tiny_model, tmp_path):
     assert doc["prompts"] == [] and doc["serve"]["status"] == "not run"
 
 
-@pytest.mark.engine
-def test_serve_check_answers_like_the_offline_engine(smoke, tiny_model, tmp_path):
-    from npuport.serve_check import group_alive, run_serve_check
-
-    log = tmp_path / "serve.log"
-    serve = {"enabled": True, "host": "127.0.0.1", "startup_timeout_s": 300, "request_timeout_s": 120}
-    result = run_serve_check(tiny_model, smoke["settings"]["engine"], smoke["settings"]["generation"], serve,
-                             smoke["prompts"], log_path=log)  # fmt: skip
-    assert result["status"] == "ok", (result["reason"], result["log_tail"])
-    assert result["command_ran"][1:3] == ["-m", "vllm.entrypoints.openai.api_server"]
-    assert result["startup_seconds"] > 0
-    assert [p["prompt"] for p in result["prompts"]] == PROMPTS
-    for answer in result["prompts"]:
-        assert answer["latency_s"] > 0
-        assert answer["prompt_tokens_equal_offline"]
-    assert result["all_text_equal_offline"], result["prompts"]
-    assert result["shutdown"]["processes_left"] is False
-    assert not group_alive(result["shutdown"]["pgid"])
-    assert log.read_text()
-
-
 def test_serve_check_that_cannot_start_fails_and_leaves_no_process(tiny_model, tmp_path):
     from npuport.serve_check import group_alive, run_serve_check
 
@@ -243,34 +221,3 @@ def test_serve_check_that_cannot_start_fails_and_leaves_no_process(tiny_model, t
     assert "exited" in result["reason"]
     assert any("max_model_len" in line for line in result["log_tail"])
     assert result["shutdown"]["processes_left"] is False and not group_alive(result["shutdown"]["pgid"])
-
-
-SNAKEFILE = """
-rule smoke:
-    input: model="{model}"
-    output: "out/smoke.json"
-    log: "logs/smoke.log"
-    params:
-        engine={engine!r},
-        generation={generation!r},
-        serve={{"enabled": False}},
-        trust_remote_code=False,
-    script: "{script}"
-"""
-
-
-@pytest.mark.engine
-@pytest.mark.e2e
-def test_smoke_script_runs_under_snakemake(tiny_model, tmp_path):
-    """Snakemake runs a temp copy of the script; vLLM's spawned workers re-import it as __mp_main__."""
-    snakefile = SNAKEFILE.format(model=tiny_model, engine=ENGINE, generation=generation_settings(max_tokens=4),
-                                 script=REPO / "workflow/scripts/smoke.py")  # fmt: skip
-    (tmp_path / "Snakefile").write_text(snakefile)
-    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "out/smoke.json"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=900, env=os.environ.copy())  # fmt: skip
-    log = (tmp_path / "logs/smoke.log").read_text() if (tmp_path / "logs/smoke.log").exists() else ""
-    assert out.returncode == 0, out.stderr[-3000:] + log[-3000:]
-    doc = json.loads((tmp_path / "out/smoke.json").read_text())
-    assert doc["status"] == "ok", doc["reason"]
-    assert doc["stage"] == "smoke" and len(doc["prompts"]) == len(PROMPTS)
-    assert "KV cache" in log  # the engine's own output lands in the stage log

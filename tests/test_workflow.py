@@ -11,6 +11,7 @@ from conftest import copy_workflow, planned_rules, run_snakemake
 from safetensors.torch import load_file, save_file
 
 from npuport.compare import compare
+from npuport.serve_check import group_alive
 from npuport.ternary import is_quantized_linear
 
 pytestmark = pytest.mark.e2e
@@ -94,6 +95,10 @@ def test_serve_check_ran_and_agreed(default_run):
     assert serve["all_text_equal_offline"] is True
     assert "vllm.entrypoints.openai.api_server" in " ".join(serve["command_ran"])
     assert serve["vllm_serve_command"].startswith("vllm serve ")
+    assert serve["startup_seconds"] > 0
+    assert all(p["latency_s"] > 0 and p["prompt_tokens_equal_offline"] for p in serve["prompts"])
+    assert serve["shutdown"]["processes_left"] is False
+    assert not group_alive(serve["shutdown"]["pgid"])  # no orphan server left behind
 
 
 def test_second_run_has_nothing_to_do(default_run):
