@@ -20,6 +20,7 @@ from npuport.atomic import atomic_dir, write_json
 from npuport.checkpoint import Checkpoint
 from npuport.errors import NpuportError
 from npuport.manifest import MANIFEST_NAME
+from npuport.minicpm import Fold, fold_decision, fold_plan, llama_config
 from npuport.ternary import detect_group_size, fake_quant, groups_are_ternary, is_quantized_linear
 from npuport.tokenizer_check import check_tokenizer
 
@@ -119,24 +120,42 @@ def copy_side_files(download_dir: Path, staging: Path) -> list[str]:
     for path in sorted(download_dir.rglob("*")):
         rel = path.relative_to(download_dir).as_posix()
         is_weight = path.name.endswith(_WEIGHT_SUFFIXES) or path.name in _WEIGHT_INDEXES
-        if path.is_file() and not is_weight and path.name not in ("config.json", MANIFEST_NAME):
+        # .snakemake_timestamp marks a directory output's age for Snakemake; it is not part of the model
+        skip = path.name in ("config.json", MANIFEST_NAME) or path.name.startswith(".snakemake")
+        if path.is_file() and not is_weight and not skip:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, staging / rel)
             copied.append(rel)
     return copied
 
 
-def fuse_tensor(name: str, tensor: torch.Tensor, mode: str, group_size: int, dtype: str) -> tuple[torch.Tensor, dict]:
-    """Fuse one tensor; returns the output tensor and its record for fuse.json."""
+def _finish(tensor: torch.Tensor, fold: Fold | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """Cast to the output dtype. A MiniCPM fold (npuport.minicpm) is applied first, in at least float32, so the
+    value is rounded to the output dtype once.
+
+    Order: the fold comes after fake-quantization. The trained model quantized the latent weights and scaled
+    the branch output at run time, so fake_quant(W) * c is what it computed; scaling first would quantize
+    c * W instead (the same only up to rounding at the .5 boundaries and the eps floor of the group scale).
+    A ternary group times a constant is still ternary, and the ternary check below sees the folded values."""
+    if fold is not None:
+        tensor = fold(tensor.to(torch.promote_types(tensor.dtype, torch.float32)))
+    return tensor.to(out_dtype)
+
+
+def fuse_tensor(
+    name: str, tensor: torch.Tensor, mode: str, group_size: int, dtype: str, fold: Fold | None = None
+) -> tuple[torch.Tensor, dict]:
+    """Fuse one tensor (then apply ``fold``, a MiniCPM scale, if given); returns the output tensor and its
+    record for fuse.json."""
     out_dtype = _output_dtype(tensor, dtype)
     if not is_quantized_linear(name):
-        return tensor.to(out_dtype), {"name": name, "action": "copied"}
+        return _finish(tensor, fold, out_dtype), {"name": name, "action": "copied"}
     found = ternary_group_size(tensor)
     if should_quantize(mode, found is not None):
-        result = fake_quant(tensor, group_size).to(out_dtype)
+        result = _finish(fake_quant(tensor, group_size), fold, out_dtype)
         action, check_group = "quantized", group_size
     else:
-        result = tensor.to(out_dtype)
+        result = _finish(tensor, fold, out_dtype)
         action = "kept (already ternary)" if found is not None else "kept (mode never)"
         check_group = found
     ternary = check_group is not None and bool(groups_are_ternary(result, check_group).all())
@@ -167,20 +186,41 @@ def fuse(
     max_shard_size: int = 2 * 10**9,
     dtype: str = "keep",
     trust_remote_code: bool = False,
+    minicpm: str = "auto",
 ) -> dict:
-    """Write the fused model directory ``target`` (atomically) and return its fuse.json document."""
+    """Write the fused model directory ``target`` (atomically) and return its fuse.json document.
+
+    ``minicpm`` (auto | fold | never): fold MiniCPM's scales into the weights (npuport.minicpm)."""
     download_dir, target = Path(download_dir), Path(target)
     records = []
     with Checkpoint.open(download_dir) as checkpoint, atomic_dir(target) as staging, _disk_full_is_user_error(target):
         needed = sum(t.nbytes for t in checkpoint.tensors.values())
+        # --- MiniCPM hook (npuport.minicpm): scales folded per tensor; a tied head is derived from the
+        # embedding as it streams past, so the untie costs one extra tensor, never the whole model.
+        plan = fold_plan(minicpm, config, introspection, checkpoint.tensors)
+        if plan is not None and plan.tied:
+            needed += checkpoint.tensors[plan.embed].nbytes
         check_free_space(target, needed)
         writer = ShardWriter(staging, max_shard_size)
         for name in tqdm(sorted(checkpoint.tensors), desc="fuse", unit="tensor"):
-            tensor, record = fuse_tensor(name, checkpoint.load(name), mode, group_size, dtype)
-            writer.add(name, tensor)
-            records.append(record | {"dtype": str(tensor.dtype).removeprefix("torch."), "bytes": _tensor_bytes(tensor)})
-            del tensor
+            if plan is not None and plan.drops(name):
+                records.append({"name": name, "action": f"dropped (tied to {plan.embed}; the head is derived from it)"})
+                continue
+            source = checkpoint.load(name)
+            outputs = [(name, None)] if plan is None else [(name, plan.transform(name)), *plan.derived(name)]
+            for out_name, fold in outputs:
+                tensor, record = fuse_tensor(out_name, source, mode, group_size, dtype, fold)
+                if plan is not None:
+                    record |= {"minicpm_factor": plan.factor(out_name)}
+                    record |= {"derived_from": name} if out_name != name else {}
+                writer.add(out_name, tensor)
+                record |= {"dtype": str(tensor.dtype).removeprefix("torch."), "bytes": _tensor_bytes(tensor)}
+                records.append(record)
+                del tensor
+            del source
         index = writer.finish()
+        config = llama_config(config) if plan is not None else config
+        # --- end MiniCPM hook
         write_json(staging / "config.json", config)
         side_files = copy_side_files(download_dir, staging)
         tokenizer = check_tokenizer(staging, config["vocab_size"], trust_remote_code)
@@ -199,6 +239,8 @@ def fuse(
             "shards": sorted(set(index["weight_map"].values())),
             "side_files": side_files,
             "tokenizer": tokenizer,
+            "minicpm": {"mode": minicpm, "folded": plan is not None, "decision": fold_decision(minicpm, plan, config)}
+            | (plan.describe() if plan is not None else {}),
             "tensors": records,
         }
         write_json(staging / "fuse.json", document)

@@ -19,6 +19,7 @@ import torch
 from npuport.atomic import read_json
 from npuport.checkpoint import Checkpoint, TensorInfo
 from npuport.errors import NpuportError
+from npuport.minicpm import detect_family
 from npuport.ternary import detect_group_size, is_quantized_linear
 
 DERIVED_FIELDS = (
@@ -81,9 +82,15 @@ def introspect_checkpoint(directory: str | Path, sample_rows: int = 8, seed: int
             f"{sample_rows} seeded rows (seed {seed}) of each quantized projection, largest group size under which "
             "every sampled group is {-a, 0, +a}; the fuse stage checks every value"
         )
+        # --- MiniCPM hook (npuport.minicpm): "llama" or "minicpm", with the scales a fold would use
+        family = detect_family(config, ckpt.tensors)
+        problems = f"; cannot be folded: {'; '.join(family['problems'])}" if family["problems"] else ""
+        arch.set("family", family["family"], family["source"] + problems)
+        arch.set("family_scales", family["scales"], "config.json scale_emb, scale_depth, dim_model_base")
         checkpoint = {"format": ckpt.format, "files": list(ckpt.files)}
     declared = {field: _declared(config, field) for field in DERIVED_FIELDS}
     order = [*DERIVED_FIELDS, "parameter_count", "total_bytes", "tensor_count", "quantizer_modules", "ternary"]
+    order += ["family", "family_scales"]  # MiniCPM hook
     derived = {field: arch.derived[field] for field in order}
     document = {
         "checkpoint": checkpoint,

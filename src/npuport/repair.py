@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -43,12 +44,18 @@ def repaired_config(declared_config: dict, table: list[dict]) -> dict:
     return config
 
 
-def check_loads(config: dict, trust_remote_code: bool) -> str:
-    """Load ``config`` with transformers.AutoConfig; NpuportError when it does not load."""
+def check_loads(config: dict, trust_remote_code: bool, code_dir: str | Path | None = None) -> str:
+    """Load ``config`` with transformers.AutoConfig; NpuportError when it does not load.
+
+    ``code_dir``: where the checkpoint's own Python modules are, for a config whose auto_map names them."""
     from transformers import AutoConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         write_json(Path(tmp) / "config.json", config)
+        # MiniCPM hook: an auto_map config class (configuration_minicpm.py) must sit beside config.json
+        if trust_remote_code and code_dir is not None:
+            for module in sorted(Path(code_dir).glob("*.py")):
+                shutil.copy2(module, tmp)
         try:
             loaded = AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
         except Exception as exc:  # transformers raises many types for a bad config
@@ -72,7 +79,7 @@ def repair(declared_config_path: str | Path, introspection: dict, trust_remote_c
     if has_remote_code and not trust_remote_code:
         loaded_as = "not checked (config asks for custom code; trust_remote_code is false)"
     else:
-        loaded_as = check_loads(config, trust_remote_code)
+        loaded_as = check_loads(config, trust_remote_code, path.parent)
     report = {
         "fields": table,
         "repaired": [r["field"] for r in table if r["status"] == "repaired"],

@@ -17,7 +17,13 @@ rule fuse:
         fuse=model_setting("fuse"),
         trust_remote_code=model_field("trust_remote_code", False),
         code=module_hash(
-            "fuse", "checkpoint", "ternary", "tokenizer_check", "settings", "atomic"
+            "fuse",
+            "checkpoint",
+            "ternary",
+            "tokenizer_check",
+            "minicpm",
+            "settings",
+            "atomic",
         ),
     script:
         "../scripts/fuse.py"

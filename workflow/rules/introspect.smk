@@ -11,6 +11,6 @@ rule introspect:
         "../../envs/cpu.yaml"
     params:
         introspect=model_setting("introspect"),
-        code=module_hash("introspect", "checkpoint", "ternary", "atomic"),
+        code=module_hash("introspect", "checkpoint", "ternary", "minicpm", "atomic"),
     script:
         "../scripts/introspect.py"

@@ -16,6 +16,7 @@ def main(smk):
         max_shard_size=parse_size(settings["max_shard_size"]),
         dtype=settings.get("dtype", "keep"),
         trust_remote_code=smk.params.trust_remote_code,
+        minicpm=settings.get("minicpm", "auto"),
     )
 
 
