@@ -196,6 +196,11 @@ def test_workflow_completes_when_vllm_is_unavailable(workflow_copy, tmp_path):
     compare_doc = _json(workflow_copy, "compare.json")
     assert compare_doc["status"] == "not measured"
     assert "smoke status not run" in compare_doc["reason"]
+    checks = {c["check"]: c for c in _json(workflow_copy, "report.json")["checks"]}
+    assert checks["engine"]["status"] == "not measured"
+    assert checks["npu"]["status"] == "not measured"
+    assert "passed" not in {checks[name]["status"] for name in ("engine", "serve")}
+    assert "vllm is blocked by the test" in (workflow_copy / "results" / "tiny-bitcpm" / "report.md").read_text()
 
 
 def test_engine_failure_of_one_model_does_not_stop_the_other(workflow_copy):
@@ -218,6 +223,8 @@ def test_engine_failure_of_one_model_does_not_stop_the_other(workflow_copy):
     assert bad["status"] == "failed"
     assert "max_model_len" in bad["reason"] or "max_model_len" in "\n".join(bad["log_tail"])
     assert json.loads((results / "bad-engine" / "compare.json").read_text())["status"] == "not measured"
+    bad_report = json.loads((results / "bad-engine" / "report.json").read_text())
+    assert {c["check"]: c["status"] for c in bad_report["checks"]}["engine"] == "failed"
     good = json.loads((results / "good" / "smoke.json").read_text())
     assert good["status"] == "ok"
     assert json.loads((results / "good" / "compare.json").read_text())["status"] == "passed"
