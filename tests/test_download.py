@@ -123,3 +123,19 @@ def test_check_file_mismatch_refused(tmp_path, expected, message):
     with pytest.raises(ChecksumMismatch, match=message) as caught:
         _entry(path, **expected)
     assert caught.value.relpath == "w.bin"
+
+
+def test_published_outputs_get_ordinary_permissions(tmp_path):
+    """Temporaries are private (mkstemp/mkdtemp); what is published gets the umask's usual modes."""
+    from npuport.atomic import write_json
+
+    old = os.umask(0o022)
+    try:
+        write_json(tmp_path / "doc.json", {"a": 1})
+        _source(tmp_path)
+        download({"kind": "local", "path": "src"}, tmp_path / "download", base_dir=tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "doc.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "download").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "download" / "manifest.json").stat().st_mode & 0o777 == 0o644

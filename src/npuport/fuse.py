@@ -158,7 +158,8 @@ def fuse_tensor(
         result = _finish(tensor, fold, out_dtype)
         action = "kept (already ternary)" if found is not None else "kept (mode never)"
         check_group = found
-    ternary = check_group is not None and bool(groups_are_ternary(result, check_group).all())
+    # ternary_group_size has checked every value of ``tensor`` already: an unchanged result needs no second pass.
+    ternary = check_group is not None and (result is tensor or bool(groups_are_ternary(result, check_group).all()))
     if action == "quantized" and not ternary:
         raise NpuportError(name, "fused tensor is not ternary after quantization (dtype too narrow for the scales?)")
     return result, {"name": name, "action": action, "ternary": ternary, "group_size": check_group}

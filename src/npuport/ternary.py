@@ -55,15 +55,29 @@ def fake_quant_ste(weight: torch.Tensor, group_size: int, eps: float = EPS) -> t
     return fake_quant(weight, group_size, eps).to(weight.dtype) + (weight - weight.detach())
 
 
+# Per float dtype: the same-width integer view, the mask that clears the sign bit, and the smallest magnitude
+# that is inf or NaN. On these bit patterns |w| == a is an exact integer comparison without a float32 copy.
+_MAGNITUDE_BITS = {
+    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
+    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+}
+
+
 def groups_are_ternary(weight: torch.Tensor, group_size: int) -> torch.Tensor:
-    """Per group: True when its values are a subset of {-a, 0, +a} for one a >= 0.
+    """Per group: True when its values are a subset of {-a, 0, +a} for one finite a >= 0.
 
     Returns a bool tensor of shape (rows, groups).
     """
-    w = _grouped(weight.float(), group_size)
-    a = w.abs().amax(dim=-1, keepdim=True)
-    ok = (w == 0) | (w == a) | (w == -a)
-    return ok.all(dim=-1)
+    spec = _MAGNITUDE_BITS.get(weight.dtype)
+    if spec is None:
+        w = _grouped(weight.float(), group_size)
+        a = w.abs().amax(dim=-1, keepdim=True)
+        return ((w == 0) | (w == a) | (w == -a)).all(dim=-1) & a[..., 0].isfinite()
+    int_dtype, sign_off, non_finite = spec
+    magnitude = _grouped(weight.contiguous().view(int_dtype) & sign_off, group_size)
+    top = magnitude.amax(dim=-1, keepdim=True)
+    return ((magnitude == top) | (magnitude == 0)).all(dim=-1) & (top[..., 0] < non_finite)
 
 
 def candidate_group_sizes(in_features: int) -> list[int]:

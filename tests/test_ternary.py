@@ -1,0 +1,36 @@
+import pytest
+import torch
+
+from npuport.ternary import detect_group_size, fake_quant, groups_are_ternary
+
+
+def float_reference(weight, group_size):
+    """The definition: per group, every value is 0, +a or -a for the group's finite max |w| = a."""
+    w = weight.float().reshape(weight.shape[0], -1, group_size)
+    a = w.abs().amax(dim=-1, keepdim=True)
+    return ((w == 0) | (w == a) | (w == -a)).all(dim=-1) & a[..., 0].isfinite()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_bit_pattern_check_equals_the_float_definition(dtype):
+    generator = torch.Generator().manual_seed(0)
+    for trial in range(50):
+        latent = torch.randn(6, 64, generator=generator)
+        weight = fake_quant(latent, 16).to(dtype)
+        flip = torch.rand(6, 64, generator=generator) < 0.02 * (trial % 3)  # some groups broken, some not
+        weight[flip] = weight[flip] * 1.5
+        weight[0, 0] = -0.0
+        assert torch.equal(groups_are_ternary(weight, 16), float_reference(weight, 16))
+
+
+def test_non_finite_groups_are_not_ternary():
+    weight = torch.zeros(2, 8, dtype=torch.bfloat16)
+    weight[0, :2] = float("inf")
+    weight[1, 0] = float("nan")
+    assert groups_are_ternary(weight, 8).tolist() == [[False], [False]]
+
+
+def test_group_size_detected_from_fused_weights():
+    weight = fake_quant(torch.randn(4, 256), 64).to(torch.bfloat16)
+    assert detect_group_size(weight) == 64
+    assert detect_group_size(torch.randn(4, 256)) is None
