@@ -34,4 +34,6 @@ lint: install
 	$(BIN)/snakemake --lint
 
 test: lint
+	# SLURM daemons for the cluster test (Debian packages; needs root, else that test is skipped)
+	bash .ci/install-slurm.sh
 	$(BIN)/pytest -v --durations=15

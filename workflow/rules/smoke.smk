@@ -12,7 +12,7 @@ rule smoke:
         f"../../envs/{ENGINE_ENV}.yaml"
     resources:
         timing=1,
-        mem_mb=8000,
+        mem_mb=10000,
         npu=accelerator("npu"),
         gpu=accelerator("gpu"),
     params:
