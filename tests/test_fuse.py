@@ -3,12 +3,13 @@ import json
 import pytest
 import torch
 from model_factory import tiny_model, write_latent_checkpoint
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
 from npuport.checkpoint import Checkpoint
 from npuport.errors import NpuportError
-from npuport.fuse import INDEX_NAME, check_free_space, fuse
+from npuport.fuse import INDEX_NAME, check_free_space, fuse, fuse_tensor
 from npuport.introspect import introspect_checkpoint
 from npuport.qat import make_qat
 from npuport.repair import repair
@@ -124,3 +125,99 @@ def test_failed_fuse_leaves_nothing(latent, tmp_path):
     with pytest.raises(ValueError, match="not a multiple"):
         _fuse(latent, out, group_size=48)  # 64 input features are not a multiple of 48
     assert list(tmp_path.iterdir()) == []
+
+
+# --- the streaming writer and the byte-copy path give what fuse_tensor + safetensors.save_file give ---------------
+
+
+def _reference_fuse(src, tmp_path, mode="auto", dtype="keep"):
+    """The pre-streaming fuse: every tensor loaded, fuse_tensor, all saved with safetensors.save_file, read back."""
+    tensors = {}
+    with Checkpoint.open(src) as checkpoint:
+        for name in sorted(checkpoint.tensors):
+            tensors[name], _ = fuse_tensor(name, checkpoint.load(name), mode, GROUP, dtype)
+    path = tmp_path / "reference.safetensors"
+    save_file({n: t.contiguous() for n, t in tensors.items()}, path, metadata={"format": "pt"})
+    return load_file(path)
+
+
+def _safetensors_source(src, directory):
+    """The same checkpoint as ``src`` with model.safetensors instead of pytorch_model.bin."""
+    directory.mkdir()
+    for path in src.iterdir():
+        if path.name != "pytorch_model.bin":
+            (directory / path.name).write_bytes(path.read_bytes())
+    state = torch.load(src / "pytorch_model.bin", weights_only=True)
+    save_file(state, directory / "model.safetensors", metadata={"format": "pt"})
+    return directory
+
+
+def _assert_same_tensors(got, expected):
+    assert got.keys() == expected.keys()
+    for name in expected:
+        assert got[name].dtype == expected[name].dtype and torch.equal(got[name], expected[name]), name
+
+
+def _every_shard_opens(path):
+    for shard in json.loads((path / INDEX_NAME).read_text())["weight_map"].values():
+        with safe_open(path / shard, framework="pt") as f:
+            assert f.metadata() == {"format": "pt"}
+            for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                f.get_tensor(name)
+
+
+@pytest.mark.parametrize("source_format", ["bin", "safetensors"])
+@pytest.mark.parametrize(
+    ("mode", "dtype"), [("auto", "keep"), ("never", "keep"), ("always", "keep"), ("auto", "float32")]
+)
+def test_fuse_equals_the_reference_path(latent, tmp_path, source_format, mode, dtype):
+    src = latent if source_format == "bin" else _safetensors_source(latent, tmp_path / "src")
+    document = _fuse(src, tmp_path / "m", mode=mode, dtype=dtype, max_shard_size=60_000)
+    assert len(document["shards"]) > 1
+    _every_shard_opens(tmp_path / "m")
+    _assert_same_tensors(_load_model_dir(tmp_path / "m"), _reference_fuse(src, tmp_path, mode, dtype))
+    with Checkpoint.open(src) as checkpoint:
+        assert document["source_format"] == checkpoint.format
+        n_tensors = len(checkpoint.tensors)
+    # byte copies: every unchanged tensor (dtype kept; latent linears are quantized except in mode never)
+    linears = document["linears_checked"]
+    expected = {("auto", "keep"): n_tensors - linears, ("never", "keep"): n_tensors,
+                ("always", "keep"): n_tensors - linears, ("auto", "float32"): 0}[(mode, dtype)]  # fmt: skip
+    assert document["tensors_byte_copied"] == expected
+
+
+@pytest.mark.parametrize("source_format", ["bin", "safetensors"])
+def test_refusing_a_fused_model_copies_every_tensor_and_checks_every_linear(fused, tmp_path, source_format):
+    out, _ = fused
+    src = out if source_format == "safetensors" else tmp_path / "bin"
+    if source_format == "bin":
+        src.mkdir()
+        for path in out.iterdir():
+            if path.suffix != ".safetensors" and path.name != INDEX_NAME:
+                (src / path.name).write_bytes(path.read_bytes())
+        torch.save(_load_model_dir(out), src / "pytorch_model.bin")
+    document = _fuse(src, tmp_path / "again")
+    assert document["tensors_byte_copied"] == len(document["tensors"])
+    assert document["linears_ternary"] == document["linears_checked"] == 14
+    assert all(r["action"] == "kept (already ternary)" for r in document["tensors"] if "ternary" in r)
+    _assert_same_tensors(_load_model_dir(tmp_path / "again"), _load_model_dir(out))
+
+
+def test_a_non_ternary_value_in_a_copied_linear_is_found(fused, tmp_path):
+    """The byte-copy path checks every value: one value off the ternary set in the last row is caught."""
+    out, _ = fused
+    tensors = _load_model_dir(out)
+    name = "model.layers.1.mlp.down_proj.weight"
+    weight = tensors[name].clone()
+    weight[-1, -1] = weight[-1, -1] * 0.5 if weight[-1, -1] != 0 else weight[-1].abs().max() * 0.5
+    tensors[name] = weight
+    src = tmp_path / "src"
+    src.mkdir()
+    for path in out.iterdir():
+        if path.suffix != ".safetensors" and path.name != INDEX_NAME:
+            (src / path.name).write_bytes(path.read_bytes())
+    save_file(tensors, src / "model.safetensors", metadata={"format": "pt"})
+    document = _fuse(src, tmp_path / "m", mode="never")
+    record = next(r for r in document["tensors"] if r["name"] == name)
+    assert record["ternary"] is False and record["action"] == "kept (mode never)"
+    assert document["all_linears_ternary"] is False

@@ -286,6 +286,10 @@ class Checkpoint:
         except KeyError:
             raise NpuportError(self.directory, f"no tensor named {name!r} in the checkpoint") from None
 
+    def file_offset(self, name: str) -> int | None:
+        """Absolute offset of ``name``'s first byte in its file when its bytes lie there contiguously, else None."""
+        return self._offsets.get(self.info(name).name)
+
     def load(self, name: str) -> torch.Tensor:
         """One whole tensor, as a tensor that owns its memory (independent of the file)."""
         info = self.info(name)
