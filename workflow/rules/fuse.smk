@@ -18,6 +18,7 @@ rule fuse:
         trust_remote_code=model_field("trust_remote_code", False),
         code=module_hash(
             "fuse",
+            "shard_writer",
             "checkpoint",
             "ternary",
             "tokenizer_check",
