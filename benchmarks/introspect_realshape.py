@@ -28,18 +28,12 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "resources"))
+from realshape_spec import REAL, projection_shapes  # noqa: E402
+
 # The measuring process never imports torch: a child's peak RSS (ru_maxrss) starts from its parent's RSS at
 # fork, so the checkpoint is built in a separate process (--build) and the children are spawned from a small one.
 
-REAL = {
-    "hidden_size": 2048,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "intermediate_size": 6144,
-    "vocab_size": 73448,
-}
 TARGETS = {"safetensors": (1.0, 300), "bin": (5.0, 500)}  # seconds, MB
 
 CHILD = r"""
@@ -80,18 +74,6 @@ def wrong_config() -> dict:
     }
 
 
-def projection_shapes() -> dict[str, tuple[int, int]]:
-    h, i = REAL["hidden_size"], REAL["intermediate_size"]
-    q, kv = REAL["num_attention_heads"] * REAL["head_dim"], REAL["num_key_value_heads"] * REAL["head_dim"]
-    return {
-        "self_attn.q_proj": (q, h),
-        "self_attn.k_proj": (kv, h),
-        "self_attn.v_proj": (kv, h),
-        "self_attn.o_proj": (h, q),
-        "mlp.gate_proj": (i, h),
-        "mlp.up_proj": (i, h),
-        "mlp.down_proj": (h, i),
-    }
 
 
 def tensor_plan(group_size: int) -> list[tuple]:

@@ -35,18 +35,12 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realshape_spec import REAL, projection_shapes  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "results" / "realshape-synthetic-src"
 
-REAL = {
-    "hidden_size": 2048,
-    "num_hidden_layers": 28,
-    "num_attention_heads": 16,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "intermediate_size": 6144,
-    "vocab_size": 73448,
-}
 # What the reference report found in the download repo's config.json (the weights say otherwise).
 DOWNLOAD_REPO_WRONG = {
     "hidden_size": 2560,
@@ -186,18 +180,6 @@ def build_tokenizer(vocab_size: int = REAL["vocab_size"]):
 # ---------------------------------------------------------------- weights
 
 
-def projection_shapes() -> dict[str, tuple[int, int]]:
-    h, i = REAL["hidden_size"], REAL["intermediate_size"]
-    q, kv = REAL["num_attention_heads"] * REAL["head_dim"], REAL["num_key_value_heads"] * REAL["head_dim"]
-    return {
-        "self_attn.q_proj": (q, h),
-        "self_attn.k_proj": (kv, h),
-        "self_attn.v_proj": (kv, h),
-        "self_attn.o_proj": (h, q),
-        "mlp.gate_proj": (i, h),
-        "mlp.up_proj": (i, h),
-        "mlp.down_proj": (h, i),
-    }
 
 
 def ternary_weight(rows: int, cols: int, generator: torch.Generator, group_size: int = GROUP_SIZE) -> torch.Tensor:
