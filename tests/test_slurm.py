@@ -44,7 +44,7 @@ EXPECTED_LIMITS = {
     "repair_config": ("00:30:00", "2000M"),
     "fuse": ("02:00:00", "4000M"),
     "env_probe": ("00:30:00", "2000M"),
-    "smoke": ("02:00:00", "8000M"),
+    "smoke": ("02:00:00", "10000M"),  # the rule's mem_mb
     "baseline": ("04:00:00", "8000M"),
     "compare": ("02:00:00", "4000M"),
     "report_model": ("00:30:00", "2000M"),
