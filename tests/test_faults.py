@@ -21,12 +21,19 @@ from npuport.errors import NpuportError
 from npuport.fuse import fuse
 from npuport.introspect import introspect_checkpoint
 from npuport.repair import repair
+from npuport.tokenizer_check import check_checkpoint_tokenizer
 
 
 def _fuse(src: Path, out: Path, **kwargs):
     introspection = introspect_checkpoint(src)
     config, _ = repair(src / "config.json", introspection)
     return fuse(src, config, introspection, out, group_size=32, **kwargs)
+
+
+def _check_tokenizer(src: Path) -> dict:
+    """What the repair_config stage checks after repairing the config, before fuse runs."""
+    config, _ = repair(src / "config.json", introspect_checkpoint(src))
+    return check_checkpoint_tokenizer(src, config)
 
 
 @pytest.fixture(scope="module")
@@ -63,16 +70,14 @@ def test_missing_tokenizer(latent, tmp_path):
     src.mkdir()
     for name in ("pytorch_model.bin", "config.json"):
         (src / name).symlink_to(latent / name)
-    with pytest.raises(NpuportError, match="no tokenizer in the checkpoint"):
-        _fuse(src, tmp_path / "model")
-    assert not (tmp_path / "model").exists()
+    with pytest.raises(NpuportError, match=f"{src}: no tokenizer in the checkpoint"):
+        _check_tokenizer(src)
 
 
 def test_tokenizer_larger_than_embedding(tmp_path):
     src = write_latent_checkpoint(tmp_path / "src", tiny_model(seed=3, vocab_size=512))
     with pytest.raises(NpuportError, match="tokenizer has 1024 tokens but the embedding has only 512 rows"):
-        _fuse(src, tmp_path / "model")
-    assert not (tmp_path / "model").exists()
+        _check_tokenizer(src)
 
 
 def test_broken_tokenizer_file(latent, tmp_path):
@@ -83,7 +88,7 @@ def test_broken_tokenizer_file(latent, tmp_path):
     (src / "tokenizer.json").unlink()
     (src / "tokenizer.json").write_text('{"model": ')
     with pytest.raises(NpuportError, match="tokenizer does not load"):
-        _fuse(src, tmp_path / "model")
+        _check_tokenizer(src)
 
 
 def test_config_not_utf8_is_one_line_error(workflow_copy):

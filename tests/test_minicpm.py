@@ -26,6 +26,7 @@ from npuport.introspect import introspect_checkpoint
 from npuport.minicpm import LM_HEAD, FoldPlan, detect_family, fold_plan, llama_config, scales_from_config
 from npuport.repair import repair
 from npuport.ternary import fake_quant, groups_are_ternary, is_quantized_linear
+from npuport.tokenizer_check import check_checkpoint_tokenizer
 
 PROMPTS = [
     "Hello, how are you?",
@@ -141,6 +142,14 @@ def test_repair_loads_a_remote_code_config_when_trusted(minicpm_dir):
     assert report["transformers_config_class"] == "MiniCPMConfig"
     _, report = repair(minicpm_dir / "config.json", introspection)
     assert report["transformers_config_class"].startswith("not checked")
+
+
+@pytest.mark.parametrize("trust_remote_code", [False, True])
+def test_tokenizer_of_a_minicpm_download_is_checked(minicpm_dir, trust_remote_code):
+    """Untrusted, the MiniCPM config.json (auto_map) is kept away from AutoTokenizer, which cannot parse it."""
+    config, _ = repair(minicpm_dir / "config.json", introspect_checkpoint(minicpm_dir), trust_remote_code)
+    checked = check_checkpoint_tokenizer(minicpm_dir, config, trust_remote_code)
+    assert checked["tokens"] == 1024 and checked["embedding_rows"] == ARCH.vocab_size
 
 
 # -- the plan -------------------------------------------------------------------------------------------------
@@ -281,8 +290,7 @@ def test_untied_checkpoint_keeps_its_own_head(tmp_path):
 
 
 def test_never_leaves_minicpm_as_it_is(minicpm_dir, tmp_path):
-    # the tokenizer check reads config.json, which only MiniCPM's own config class can parse
-    doc = convert(minicpm_dir, tmp_path / "out", minicpm="never", trust_remote_code=True)
+    doc = convert(minicpm_dir, tmp_path / "out", minicpm="never")
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["architectures"] == ["MiniCPMForCausalLM"] and "auto_map" in config
     assert doc["minicpm"]["folded"] is False and "left in config.json" in doc["minicpm"]["decision"]

@@ -199,6 +199,20 @@ def test_architecture_numbers_equal_the_artifacts(real):
             assert number(shown["Declared (downloaded config)"]) == row["declared"]
 
 
+def test_tokenizer_check_of_repair_is_reported(real, tmp_path):
+    directory, report = real
+    tokenizer = load(directory, "repair.json")["tokenizer"]
+    expected = label("en", "s3.tokenizer").format(
+        cls=tokenizer["class"], tokens=tokenizer["tokens"], rows=tokenizer["embedding_rows"]
+    )
+    assert expected in report.markdown
+    older = artifact_set(tmp_path / "older")  # a repair.json from before the check moved there
+    repair = load(older, "repair.json")
+    del repair["tokenizer"]
+    save(older, "repair.json", repair)
+    assert "The tokenizer loads as" not in render(older)[0]
+
+
 def test_outputs_and_performance_equal_the_artifacts(real):
     directory, report = real
     smoke, base = load(directory, "smoke.json"), load(directory, "baseline.json")

@@ -1,5 +1,6 @@
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -148,4 +149,55 @@ def test_background_writer_raises_the_writers_error_in_the_caller(tmp_path):
     writer.write("b.f32", tensors["b.f32"])  # out of order: fails on the thread
     with pytest.raises(ValueError, match="plan expects"):
         writer.finish()
+    writer.close()
+
+
+class _GatedWriter:
+    """Stands in for StreamingShardWriter: each call waits for ``gate``, then records its name (or fails)."""
+
+    def __init__(self, fail: str | None = None):
+        self.gate, self.calls, self.fail = threading.Event(), [], fail
+
+    def write(self, name, tensor):
+        self._call(name)
+
+    def copy(self, name, source, src_fd, offset):
+        self._call(name)
+
+    def _call(self, name):
+        self.gate.wait()
+        if name == self.fail:
+            raise ValueError(f"{name} failed")
+        self.calls.append(name)
+
+    def finish(self):
+        return {"calls": self.calls}
+
+    def abort(self):
+        pass
+
+
+def test_copies_never_wait_but_tensors_in_memory_take_the_slots():
+    gated = _GatedWriter()
+    writer = BackgroundWriter(gated, depth=1)
+    for i in range(50):  # nothing is copied yet: copies hold no memory, so none of these calls waits
+        writer.copy(f"copy{i}", None, -1, 0)
+    writer.write("t0", torch.zeros(1))  # the one slot
+    second = threading.Thread(target=writer.write, args=("t1", torch.zeros(1)))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive(), "a second tensor in memory must wait for the slot"
+    gated.gate.set()
+    second.join(10)
+    assert not second.is_alive()
+    assert writer.finish()["calls"] == [f"copy{i}" for i in range(50)] + ["t0", "t1"]
+
+
+def test_a_failed_write_frees_its_slot_so_the_caller_sees_the_error():
+    gated = _GatedWriter(fail="t0")
+    gated.gate.set()
+    writer = BackgroundWriter(gated, depth=1)
+    with pytest.raises(ValueError, match="t0 failed"):
+        for i in range(100):  # without the slot released on failure the second write would wait forever
+            writer.write(f"t{i}", torch.zeros(1))
     writer.close()

@@ -18,8 +18,11 @@ def test_bit_pattern_check_equals_the_float_definition(dtype):
         latent = torch.randn(6, 64, generator=generator)
         weight = fake_quant(latent, 16).to(dtype)
         flip = torch.rand(6, 64, generator=generator) < 0.02 * (trial % 3)  # some groups broken, some not
-        weight[flip] = weight[flip] * 1.5
+        weight[flip] = weight[flip] * (1.5 if trial % 2 else 0.5)  # larger and smaller than the group's a
         weight[0, 0] = -0.0
+        weight[1] = 0.0  # all-zero groups
+        weight[2, :16] = -0.0
+        weight[3, 16] = torch.finfo(dtype).tiny  # smallest normal beside zeros
         assert torch.equal(groups_are_ternary(weight, 16), float_reference(weight, 16))
 
 

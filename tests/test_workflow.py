@@ -63,6 +63,7 @@ def test_introspection_finds_the_wrong_config_fields(default_run):
     assert introspection["derived"]["ternary"]["status"] == "latent"
     repair = _json(default_run, "repair.json")
     assert set(repair["repaired"]) == WRONG_FIELDS
+    assert repair["tokenizer"] == {"class": "TokenizersBackend", "tokens": 1024, "embedding_rows": 1024}
     config = _json(default_run, "config.json")
     for field in WRONG_FIELDS:
         assert config[field] == introspection["derived"][field]
@@ -151,6 +152,16 @@ def test_config_failing_schema_is_refused_in_one_line(workflow_copy, tmp_path, c
 def test_unknown_model_target_is_refused(workflow_copy):
     result = run_snakemake(workflow_copy, "-n", "results/no-such-model/introspect.json", check=False)
     assert result.returncode != 0
+
+
+def test_broken_tokenizer_stops_the_run_before_fuse(workflow_copy):
+    (workflow_copy / "resources" / "tiny-bitcpm" / "tokenizer.json").write_text('{"model": ')
+    result = run_snakemake(workflow_copy, "results/tiny-bitcpm/model", check=False)
+    assert result.returncode != 0 and "Error in rule repair_config" in result.stdout, result.stdout[-3000:]
+    log = (workflow_copy / "logs" / "tiny-bitcpm" / "repair_config.log").read_text()
+    assert "tokenizer does not load" in log, log[-2000:]
+    model = workflow_copy / "results" / "tiny-bitcpm"
+    assert not (model / "model").exists() and not (model / "config.json").exists()
 
 
 def _perturbed_copy(model_dir, target, layer, scale):

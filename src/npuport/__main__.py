@@ -34,9 +34,11 @@ def _fuse(args: argparse.Namespace) -> None:
     from npuport.introspect import introspect_checkpoint
     from npuport.repair import repair
     from npuport.settings import parse_size
+    from npuport.tokenizer_check import check_checkpoint_tokenizer
 
     introspection = introspect_checkpoint(args.path)
     config, _ = repair(Path(args.path) / "config.json", introspection, args.trust_remote_code)
+    check_checkpoint_tokenizer(args.path, config, args.trust_remote_code)
     document = fuse(
         args.path, config, introspection, args.out, args.mode, args.group_size, parse_size(args.max_shard_size)
     )

@@ -350,6 +350,7 @@ def adaptation(r: Inputs) -> dict:
         "repaired": repaired,
         "not_derivable": ", ".join(repair.get("not_derivable") or []),
         "config_class": repair.get("transformers_config_class"),
+        "tokenizer": repair.get("tokenizer"),
         "fuse_decision": fuse.get("decision"),
         "fusion": _fusion(r, fuse) if fuse else None,
         "commands": commands(r),

@@ -192,24 +192,30 @@ def _copy_by_reads(src_fd: int, dst_fd: int, count: int, position: int) -> int:
 
 class BackgroundWriter:
     """Runs a StreamingShardWriter's ``write``/``copy`` calls in order on one thread, so that file writes
-    (which release the GIL) overlap the next tensor's check. At most ``depth`` calls wait in the queue; the
-    first error is raised in the caller at its next call or at ``finish``."""
+    (which release the GIL) overlap the next tensor's check. At most ``depth`` tensors in memory wait for the
+    thread; copies from the source file hold no memory, so any number of them may wait, and the thread copies
+    on while the caller checks the next tensors. The first error is raised in the caller at its next call or at
+    ``finish``."""
 
     def __init__(self, writer: StreamingShardWriter, depth: int = 2):
         self.writer = writer
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._tensor_slots = threading.BoundedSemaphore(depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            if self._error is None:
-                method, args = item
-                try:
+            method, args = item
+            try:
+                if self._error is None:
                     method(*args)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
-                    self._error = exc
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                self._error = exc
+            finally:
+                if method == self.writer.write:
+                    self._tensor_slots.release()
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -217,6 +223,7 @@ class BackgroundWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self._raise()
+        self._tensor_slots.acquire()
         self._queue.put((self.writer.write, (name, tensor)))
 
     def copy(self, name: str, source: Path, src_fd: int, offset: int) -> None:

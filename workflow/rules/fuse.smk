@@ -15,13 +15,11 @@ rule fuse:
         mem_mb=4000,
     params:
         fuse=model_setting("fuse"),
-        trust_remote_code=model_field("trust_remote_code", False),
         code=module_hash(
             "fuse",
             "shard_writer",
             "checkpoint",
             "ternary",
-            "tokenizer_check",
             "minicpm",
             "settings",
             "atomic",

@@ -15,7 +15,6 @@ def main(smk):
         group_size=settings["group_size"],
         max_shard_size=parse_size(settings["max_shard_size"]),
         dtype=settings.get("dtype", "keep"),
-        trust_remote_code=smk.params.trust_remote_code,
         minicpm=settings.get("minicpm", "auto"),
     )
 

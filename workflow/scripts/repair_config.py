@@ -3,12 +3,13 @@ from pathlib import Path
 from npuport.atomic import read_json, write_json
 from npuport.repair import repair
 from npuport.stage import run_stage
+from npuport.tokenizer_check import check_checkpoint_tokenizer
 
 
 def main(smk):
-    config, report = repair(
-        Path(smk.input.download) / "config.json", read_json(smk.input.introspect), smk.params.trust_remote_code
-    )
+    trust = smk.params.trust_remote_code
+    config, report = repair(Path(smk.input.download) / "config.json", read_json(smk.input.introspect), trust)
+    report["tokenizer"] = check_checkpoint_tokenizer(smk.input.download, config, trust)
     write_json(smk.output.report, report)
     write_json(smk.output.config, config)
 
