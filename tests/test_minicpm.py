@@ -23,7 +23,15 @@ from safetensors.torch import load_file, save_file
 from npuport.errors import NpuportError
 from npuport.fuse import INDEX_NAME, fuse
 from npuport.introspect import introspect_checkpoint
-from npuport.minicpm import LM_HEAD, FoldPlan, detect_family, fold_plan, llama_config, scales_from_config
+from npuport.minicpm import (
+    LM_HEAD,
+    FoldPlan,
+    detect_family,
+    fold_plan,
+    llama_config,
+    model_code_files,
+    scales_from_config,
+)
 from npuport.repair import repair
 from npuport.ternary import fake_quant, groups_are_ternary, is_quantized_linear
 from npuport.tokenizer_check import check_checkpoint_tokenizer
@@ -155,6 +163,16 @@ def test_tokenizer_of_a_minicpm_download_is_checked(minicpm_dir, trust_remote_co
 # -- the plan -------------------------------------------------------------------------------------------------
 
 
+def test_model_code_files_are_what_auto_map_loads_for_config_and_model():
+    auto_map = ARCH.config()["auto_map"] | {
+        "AutoTokenizer": ["tokenization_minicpm.MiniCPMTokenizer", None],
+        "AutoModelForSeq2SeqLM": "other/repo--modeling_other.Model",  # code from another hub repo: not a file here
+    }
+    files = model_code_files({"auto_map": auto_map})
+    assert files == {"configuration_minicpm.py", "modeling_minicpm.py"}
+    assert model_code_files({}) == set()
+
+
 def test_llama_config_drops_what_only_minicpm_reads():
     config = llama_config(ARCH.config())
     for key in ("auto_map", "scale_emb", "scale_depth", "dim_model_base"):
@@ -233,6 +251,9 @@ def test_folded_config_and_fuse_document(folded):
     assert "untied by the fold" in minicpm["lm_head_source"]
     # the checkpoint was already ternary: auto fusion only converted it, and the folded linears stay ternary
     assert doc["tensors_quantized"] == 0 and doc["all_linears_ternary"] is True
+    # nothing loads MiniCPM's own modules any more; the tokenizer files are all there
+    assert doc["side_files_left_out"] == ["configuration_minicpm.py", "modeling_minicpm.py"]
+    assert not list(out.glob("*.py")) and {"tokenizer.json", "tokenizer_config.json"} <= set(doc["side_files"])
 
 
 def test_folded_linears_stay_ternary(folded):
@@ -294,6 +315,7 @@ def test_never_leaves_minicpm_as_it_is(minicpm_dir, tmp_path):
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["architectures"] == ["MiniCPMForCausalLM"] and "auto_map" in config
     assert doc["minicpm"]["folded"] is False and "left in config.json" in doc["minicpm"]["decision"]
+    assert {"configuration_minicpm.py", "modeling_minicpm.py"} <= set(doc["side_files"])  # auto_map needs them
     source, result = load_file(minicpm_dir / "model.safetensors"), load_dir(tmp_path / "out")
     assert set(result) == set(source) and all(torch.equal(result[n], source[n]) for n in source)
 

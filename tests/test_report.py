@@ -213,6 +213,16 @@ def test_tokenizer_check_of_repair_is_reported(real, tmp_path):
     assert "The tokenizer loads as" not in render(older)[0]
 
 
+def test_files_left_out_by_the_fold_are_listed(tmp_path):
+    directory = artifact_set(tmp_path)
+    fuse = load(directory / "model", "fuse.json")
+    assert "side_files_left_out" not in fuse  # the embedded model is not folded: no row
+    assert label("en", "fuse.side_files_left_out") not in render(directory)[0]
+    save(directory / "model", "fuse.json", fuse | {"side_files_left_out": ["configuration_minicpm.py"]})
+    rows = {r[label("en", "col.item")]: r for r in render(directory)[1].table_with(3, label("en", "col.item"))}
+    assert "configuration_minicpm.py" in rows[label("en", "fuse.side_files_left_out")][label("en", "col.value")]
+
+
 def test_outputs_and_performance_equal_the_artifacts(real):
     directory, report = real
     smoke, base = load(directory, "smoke.json"), load(directory, "baseline.json")

@@ -24,7 +24,7 @@ from npuport.atomic import atomic_dir, write_json
 from npuport.checkpoint import Checkpoint
 from npuport.errors import NpuportError
 from npuport.manifest import MANIFEST_NAME
-from npuport.minicpm import Fold, FoldPlan, fold_decision, fold_plan, llama_config
+from npuport.minicpm import Fold, FoldPlan, fold_decision, fold_plan, llama_config, model_code_files
 from npuport.shard_writer import INDEX_NAME as INDEX_NAME  # re-exported: callers import it from here
 from npuport.shard_writer import BackgroundWriter, PlannedTensor, StreamingShardWriter
 from npuport.ternary import detect_group_size, fake_quant, groups_are_ternary, is_quantized_linear
@@ -97,14 +97,15 @@ def _disk_full_is_user_error(target: Path):
         raise NpuportError(target, "no space left on device while writing the fused model") from None
 
 
-def copy_side_files(download_dir: Path, staging: Path) -> list[str]:
-    """Copy tokenizer, generation config and other non-weight files (not config.json) into the model dir."""
+def copy_side_files(download_dir: Path, staging: Path, leave_out: set[str] = frozenset()) -> list[str]:
+    """Copy tokenizer, generation config and other non-weight files (not config.json, nor the relative paths in
+    ``leave_out``) into the model dir."""
     copied = []
     for path in sorted(download_dir.rglob("*")):
         rel = path.relative_to(download_dir).as_posix()
         is_weight = path.name.endswith(_WEIGHT_SUFFIXES) or path.name in _WEIGHT_INDEXES
         # .snakemake_timestamp marks a directory output's age for Snakemake; it is not part of the model
-        skip = path.name in ("config.json", MANIFEST_NAME) or path.name.startswith(".snakemake")
+        skip = path.name in ("config.json", MANIFEST_NAME) or path.name.startswith(".snakemake") or rel in leave_out
         if path.is_file() and not is_weight and not skip:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, staging / rel)
@@ -340,10 +341,12 @@ def fuse(
         if plan is not None and plan.tied:
             needed += checkpoint.tensors[plan.embed].nbytes
         check_free_space(target, needed)
+        # the folded config has no auto_map, so MiniCPM's configuration_/modeling_ modules would be dead files
+        left_out = sorted(model_code_files(config)) if plan is not None else []
         config = llama_config(config) if plan is not None else config
         # The tokenizer was checked against this config by repair_config (npuport.tokenizer_check), before fuse.
         write_json(staging / "config.json", config)
-        side_files = copy_side_files(download_dir, staging)
+        side_files = copy_side_files(download_dir, staging, set(left_out))
         records, index, byte_copied = _write_weights(checkpoint, staging, plan, mode, group_size, dtype,
                                                      max_shard_size)  # fmt: skip
         # --- end MiniCPM hook
@@ -362,6 +365,7 @@ def fuse(
             "total_bytes": index["metadata"]["total_size"],
             "shards": sorted(set(index["weight_map"].values())),
             "side_files": side_files,
+            "side_files_left_out": left_out,
             "minicpm": {"mode": minicpm, "folded": plan is not None, "decision": fold_decision(minicpm, plan, config)}
             | (plan.describe() if plan is not None else {}),
             "tensors": records,

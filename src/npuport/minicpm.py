@@ -145,6 +145,19 @@ def llama_config(config: dict) -> dict:
     return folded
 
 
+def model_code_files(config: dict) -> set[str]:
+    """The checkpoint's own Python files that config.json's auto_map loads for the config and the model.
+
+    After the fold nothing loads them (the folded config has no auto_map); tokenizer code is not among them."""
+    files = set()
+    for auto_class, reference in (config.get("auto_map") or {}).items():
+        references = reference if isinstance(reference, list) else [reference]
+        for ref in references:
+            if auto_class != "AutoTokenizer" and isinstance(ref, str) and "--" not in ref and "." in ref:
+                files.add(ref.rsplit(".", 1)[0] + ".py")  # "module.Class" (transformers splits at the one dot)
+    return files
+
+
 def is_residual_output(name: str) -> bool:
     """Weight or bias of a layer whose output is a residual branch: o_proj and down_proj."""
     return any(name.endswith((f".{m}.weight", f".{m}.bias")) for m in RESIDUAL_OUTPUTS)

@@ -379,6 +379,8 @@ def _fusion(r: Inputs, fuse: dict) -> Md:
         (t("fuse.output"), output, "shards, total_bytes"),
         (t("fuse.side_files"), ", ".join(fuse.get("side_files") or []) or t("word.none"), "side_files"),
     ]
+    if fuse.get("side_files_left_out"):
+        rows.append((t("fuse.side_files_left_out"), ", ".join(fuse["side_files_left_out"]), "side_files_left_out"))
     return r.facts([(a, b, f"model/fuse.json: {c}") for a, b, c in rows], "col.item")
 
 
