@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 
@@ -90,6 +91,14 @@ def test_engine_run_is_labelled_cpu(default_run):
     assert smoke["engine"]["name"] == "vllm"
 
 
+def test_reference_uses_every_core_snakemake_gives_it(default_run):
+    # baseline.threads unset: every usable core, capped at the --cores 2 of run_snakemake
+    threads = min(2, len(os.sched_getaffinity(0)))
+    baseline = _json(default_run, "baseline.json")
+    assert baseline["engine"]["threads"] == threads
+    assert f"{threads} threads" in baseline["platform"]["device"]
+
+
 def test_serve_check_ran_and_agreed(default_run):
     serve = _json(default_run, "smoke.json")["serve"]
     assert serve["status"] == "ok", serve.get("reason")
@@ -118,6 +127,15 @@ def test_group_size_change_reruns_fuse_and_downstream_only(default_run, tmp_path
     assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_FUSE
 
 
+def test_baseline_threads_setting_reruns_the_baseline_with_that_many(default_run, tmp_path):
+    args = [*_with_config(default_run, tmp_path, lambda t: t.replace("  # threads: 2", "  threads: 3")), "--cores", "4"]
+    assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_ENGINES - {"smoke"}
+    plan = run_snakemake(default_run, "-n", "report", *args).stdout
+    for rule in ("baseline", "compare"):  # Snakemake prints a job's threads when there is more than one
+        job = plan.split(f"rule {rule}:", 1)[1].split("[", 1)[0]
+        assert re.search(r"^\s+threads: 3$", job, re.M), job
+
+
 def test_prompt_change_reruns_engines_not_fuse(default_run, tmp_path):
     args = _with_config(default_run, tmp_path, lambda t: t.replace("Hello, how are you?", "Hello there"))
     assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_ENGINES
@@ -138,6 +156,7 @@ def test_threshold_change_reruns_compare_and_report_only(default_run, tmp_path):
         ("models:\n  - name: x\n    source: {kind: local}\n", r"at models/0/source: 'path' is a required property"),
         ("generation: {prompts: []}\n", r"at generation/prompts: \[\] should be non-empty"),
         ("fuse: {mode: sometimes}\n", r"at fuse/mode: 'sometimes' is not one of"),
+        ("baseline: {threads: 0}\n", r"at baseline/threads: 0 is less than the minimum of 1"),
         ("models:\n  - name: ../x\n    source: {kind: local, path: p}\n", r"at models/0/name: '../x' does not match"),
     ],
 )

@@ -9,6 +9,7 @@ rule baseline:
         "results/{model}/benchmarks/baseline.tsv"
     conda:
         f"../../envs/{ENGINE_ENV}.yaml"
+    threads: reference_threads
     resources:
         timing=1,
         mem_mb=8000,

@@ -1,3 +1,4 @@
+import os
 import re
 from pathlib import Path
 
@@ -22,6 +23,14 @@ def model_setting(section):
 def model_field(field, default=None):
     """Params function: one top-level field of the model's entry."""
     return lambda wildcards: model_entry(config, wildcards.model).get(field, default)
+
+
+def reference_threads(wildcards):
+    """Threads of the transformers stages (baseline, compare): baseline.threads, else every core this process
+    may use. Snakemake caps them at --cores and exports them as OMP_NUM_THREADS, which torch follows.
+    """
+    threads = model_section(config, wildcards.model, "baseline").get("threads")
+    return threads or len(os.sched_getaffinity(0))
 
 
 def local_source_files(wildcards):

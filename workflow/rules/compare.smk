@@ -11,6 +11,7 @@ rule compare:
         "results/{model}/benchmarks/compare.tsv"
     conda:
         "../../envs/cpu.yaml"
+    threads: reference_threads
     resources:
         mem_mb=4000,
     params:
