@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import shutil
 import tempfile
 from pathlib import Path
 
 from npuport.atomic import write_json
 from npuport.errors import NpuportError
 from npuport.introspect import DERIVED_FIELDS
+from npuport.manifest import MANIFEST_NAME
 
 # Config fields that introspection derives from tensor shapes (its dtype is reported, not repaired).
 DERIVABLE_FIELDS = tuple(field for field in DERIVED_FIELDS if field != "dtype")
@@ -44,20 +45,29 @@ def repaired_config(declared_config: dict, table: list[dict]) -> dict:
     return config
 
 
-def check_loads(config: dict, trust_remote_code: bool, code_dir: str | Path | None = None) -> str:
-    """Load ``config`` with transformers.AutoConfig; NpuportError when it does not load.
+@contextlib.contextmanager
+def repaired_view(checkpoint_dir: str | Path, config: dict, trust_remote_code: bool):
+    """A scratch directory that reads as the checkpoint with its repaired config: links to the checkpoint's files
+    (its own Python modules and tokenizer included; not its config.json or manifest) beside ``config`` as
+    config.json. A config that asks for remote code which is not trusted (a MiniCPM download) is left out:
+    transformers would try to parse it."""
+    with tempfile.TemporaryDirectory(prefix="npuport-repaired-") as scratch:
+        for path in Path(checkpoint_dir).iterdir():
+            if path.name not in ("config.json", MANIFEST_NAME):
+                (Path(scratch) / path.name).symlink_to(path.resolve())
+        if trust_remote_code or "auto_map" not in config:
+            write_json(Path(scratch) / "config.json", config)
+        yield Path(scratch)
 
-    ``code_dir``: where the checkpoint's own Python modules are, for a config whose auto_map names them."""
+
+def check_loads(config: dict, checkpoint_dir: str | Path, trust_remote_code: bool) -> str:
+    """Load ``config`` with transformers.AutoConfig beside the checkpoint's files (an auto_map config class such
+    as MiniCPM's configuration_minicpm.py must sit beside config.json); NpuportError when it does not load."""
     from transformers import AutoConfig
 
-    with tempfile.TemporaryDirectory() as tmp:
-        write_json(Path(tmp) / "config.json", config)
-        # MiniCPM hook: an auto_map config class (configuration_minicpm.py) must sit beside config.json
-        if trust_remote_code and code_dir is not None:
-            for module in sorted(Path(code_dir).glob("*.py")):
-                shutil.copy2(module, tmp)
+    with repaired_view(checkpoint_dir, config, trust_remote_code) as view:
         try:
-            loaded = AutoConfig.from_pretrained(tmp, trust_remote_code=trust_remote_code)
+            loaded = AutoConfig.from_pretrained(view, trust_remote_code=trust_remote_code)
         except Exception as exc:  # transformers raises many types for a bad config
             raise NpuportError("config.json", f"repaired config does not load in transformers: {exc}") from None
     return type(loaded).__name__
@@ -79,7 +89,7 @@ def repair(declared_config_path: str | Path, introspection: dict, trust_remote_c
     if has_remote_code and not trust_remote_code:
         loaded_as = "not checked (config asks for custom code; trust_remote_code is false)"
     else:
-        loaded_as = check_loads(config, trust_remote_code, path.parent)
+        loaded_as = check_loads(config, path.parent, trust_remote_code)
     report = {
         "fields": table,
         "repaired": [r["field"] for r in table if r["status"] == "repaired"],

@@ -207,14 +207,14 @@ class BackgroundWriter:
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not None:
-            method, args = item
+            method, args, holds_slot = item
             try:
                 if self._error is None:
                     method(*args)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
                 self._error = exc
             finally:
-                if method == self.writer.write:
+                if holds_slot:
                     self._tensor_slots.release()
 
     def _raise(self) -> None:
@@ -224,11 +224,11 @@ class BackgroundWriter:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         self._raise()
         self._tensor_slots.acquire()
-        self._queue.put((self.writer.write, (name, tensor)))
+        self._queue.put((self.writer.write, (name, tensor), True))
 
     def copy(self, name: str, source: Path, src_fd: int, offset: int) -> None:
         self._raise()
-        self._queue.put((self.writer.copy, (name, source, src_fd, offset)))
+        self._queue.put((self.writer.copy, (name, source, src_fd, offset), False))
 
     def _stop(self) -> None:
         if self._thread.is_alive():

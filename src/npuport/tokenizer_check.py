@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
-from npuport.atomic import write_json
 from npuport.errors import NpuportError
-from npuport.manifest import MANIFEST_NAME
+from npuport.repair import repaired_view
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tiktoken.model")
 
@@ -33,20 +31,12 @@ def check_tokenizer(model_dir: str | Path, embedding_rows: int, trust_remote_cod
 
 
 def check_checkpoint_tokenizer(download_dir: str | Path, config: dict, trust_remote_code: bool = False) -> dict:
-    """check_tokenizer for a downloaded checkpoint against its repaired ``config`` (vocab_size = embedding rows).
-
-    The tokenizer loads from a scratch directory of links to the checkpoint's files beside the repaired
-    config.json, so what is checked is what fuse will ship. A config that asks for remote code which is not
-    trusted (a MiniCPM download) is left out: AutoTokenizer would try to parse it, and the tokenizer files name
-    their class themselves."""
+    """check_tokenizer for a downloaded checkpoint against its repaired ``config`` (vocab_size = embedding rows),
+    loaded from npuport.repair.repaired_view: what is checked is what fuse will ship. The tokenizer files name
+    their class themselves where the config is left out (untrusted remote code)."""
     download_dir = Path(download_dir)
-    with tempfile.TemporaryDirectory(prefix="npuport-tokenizer-") as scratch:
-        for path in download_dir.iterdir():
-            if path.name not in ("config.json", MANIFEST_NAME):
-                (Path(scratch) / path.name).symlink_to(path.resolve())
-        if trust_remote_code or "auto_map" not in config:
-            write_json(Path(scratch) / "config.json", config)
+    with repaired_view(download_dir, config, trust_remote_code) as view:
         try:
-            return check_tokenizer(scratch, config["vocab_size"], trust_remote_code)
+            return check_tokenizer(view, config["vocab_size"], trust_remote_code)
         except NpuportError as exc:
             raise NpuportError(download_dir, exc.problem) from None

@@ -13,6 +13,8 @@ rule repair_config:
         "../../envs/cpu.yaml"
     params:
         trust_remote_code=model_field("trust_remote_code", False),
-        code=module_hash("repair", "tokenizer_check", "introspect", "atomic"),
+        code=module_hash(
+            "repair", "tokenizer_check", "introspect", "manifest", "atomic"
+        ),
     script:
         "../scripts/repair_config.py"
