@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "resources"))
+from page_cache import evict  # noqa: E402
 from realshape_spec import REAL, projection_shapes  # noqa: E402
 
 # The measuring process never imports torch: a child's peak RSS (ru_maxrss) starts from its parent's RSS at
@@ -152,20 +153,9 @@ def run_measured(argv: list[str]) -> tuple[float, float, str]:
         return wall, usage.ru_maxrss / 1024, out.read().decode()  # ru_maxrss is KiB on Linux
 
 
-def evict_from_page_cache(directory: Path) -> None:
-    """Drop this checkpoint's pages (only these files') from the page cache, for a cold-read measurement."""
-    for path in directory.iterdir():
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def measure(directory: Path, fmt: str, sample_rows: int, cold: bool = False) -> dict:
     if cold:
-        evict_from_page_cache(directory / fmt)
+        evict(list((directory / fmt).iterdir()))  # this checkpoint's files only
     wall, maxrss_mb, out = run_measured([sys.executable, "-c", CHILD, str(directory / fmt), str(sample_rows)])
     result = json.loads(out)
     result.update(format=fmt, wall_s=wall, maxrss_mb=maxrss_mb)

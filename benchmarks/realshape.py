@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from page_cache import evict  # benchmarks/, beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SRC = ROOT / "results" / "realshape-synthetic-src"
 DEFAULT_MODEL = ROOT / "results" / "realshape-synthetic" / "model"
@@ -92,17 +94,6 @@ def _tree_rss(psutil, pid: int) -> int:
         except psutil.NoSuchProcess:
             pass
     return total
-
-
-def evict(paths: list[Path]) -> None:
-    """Drop these files' pages (only theirs) from the page cache, so the next reader reads the disk."""
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def read_through(path: Path) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import make_tiny_model  # noqa: E402
 from realshape_spec import REAL, projection_shapes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,17 +117,7 @@ def generation_config() -> dict:
 
 
 def tokenizer_config() -> dict:
-    return {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<s>",
-        "eos_token": "</s>",
-        "unk_token": "<unk>",
-        "add_bos_token": True,
-        "add_eos_token": False,
-        "clean_up_tokenization_spaces": False,
-        "model_max_length": MAX_POSITIONS,
-        "chat_template": CHAT_TEMPLATE,
-    }
+    return {**make_tiny_model.tokenizer_config(MAX_POSITIONS), "chat_template": CHAT_TEMPLATE}
 
 
 def special_tokens_map() -> dict:
@@ -216,9 +206,7 @@ def state_dict(layers: int, seed: int) -> dict[str, torch.Tensor]:
 
 def write(out: Path, layers: int, seed: int, config: str) -> None:
     from npuport.atomic import atomic_dir
-
-    def dump(path: Path, doc: dict) -> None:
-        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from npuport.atomic import write_json as dump
 
     with atomic_dir(out) as tmp:
         tokenizer = build_tokenizer()

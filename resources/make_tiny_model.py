@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import hashlib
-import json
 import math
 import os
 import sys
@@ -133,7 +132,7 @@ def train_tokenizer(lines: list[str]):
     return tokenizer
 
 
-def tokenizer_config() -> dict:
+def tokenizer_config(model_max_length: int = CORRECT_CONFIG["max_position_embeddings"]) -> dict:
     # PreTrainedTokenizerFast (not transformers 5's TokenizersBackend) so that transformers 4.x loads it too.
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -143,7 +142,7 @@ def tokenizer_config() -> dict:
         "add_bos_token": True,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
-        "model_max_length": CORRECT_CONFIG["max_position_embeddings"],
+        "model_max_length": model_max_length,
     }
 
 
@@ -295,9 +294,7 @@ def evaluate(state: dict[str, torch.Tensor], tokenizer) -> bool:
 
 def write_model_dir(out: Path, state: dict[str, torch.Tensor], tokenizer) -> None:
     from npuport.atomic import atomic_dir
-
-    def dump(path: Path, doc: dict) -> None:
-        path.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    from npuport.atomic import write_json as dump
 
     with atomic_dir(out) as tmp:
         torch.save(state, tmp / "pytorch_model.bin")
