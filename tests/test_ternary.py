@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from npuport.ternary import detect_group_size, fake_quant, groups_are_ternary
+from npuport.ternary import check_scratch, detect_group_size, fake_quant, groups_are_ternary
 
 
 def float_reference(weight, group_size):
@@ -11,9 +11,11 @@ def float_reference(weight, group_size):
     return ((w == 0) | (w == a) | (w == -a)).all(dim=-1) & a[..., 0].isfinite()
 
 
+@pytest.mark.parametrize("with_scratch", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
-def test_bit_pattern_check_equals_the_float_definition(dtype):
+def test_bit_pattern_check_equals_the_float_definition(dtype, with_scratch):
     generator = torch.Generator().manual_seed(0)
+    scratch = check_scratch(torch.empty(0, dtype=dtype), 6 * 64 + 5) if with_scratch else None  # larger, reused
     for trial in range(50):
         latent = torch.randn(6, 64, generator=generator)
         weight = fake_quant(latent, 16).to(dtype)
@@ -23,7 +25,9 @@ def test_bit_pattern_check_equals_the_float_definition(dtype):
         weight[1] = 0.0  # all-zero groups
         weight[2, :16] = -0.0
         weight[3, 16] = torch.finfo(dtype).tiny  # smallest normal beside zeros
-        assert torch.equal(groups_are_ternary(weight, 16), float_reference(weight, 16))
+        before = weight.clone()
+        assert torch.equal(groups_are_ternary(weight, 16, scratch), float_reference(weight, 16))
+        assert torch.equal(weight.view(torch.uint8), before.view(torch.uint8))  # the check never writes the weight
 
 
 def test_non_finite_groups_are_not_ternary():

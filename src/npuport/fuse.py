@@ -27,7 +27,7 @@ from npuport.manifest import MANIFEST_NAME
 from npuport.minicpm import Fold, FoldPlan, fold_decision, fold_plan, llama_config, model_code_files
 from npuport.shard_writer import INDEX_NAME as INDEX_NAME  # re-exported: callers import it from here
 from npuport.shard_writer import BackgroundWriter, PlannedTensor, StreamingShardWriter
-from npuport.ternary import detect_group_size, fake_quant, groups_are_ternary, is_quantized_linear
+from npuport.ternary import check_scratch, detect_group_size, fake_quant, groups_are_ternary, is_quantized_linear
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 _WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -48,7 +48,8 @@ def ternary_group_size(weight: torch.Tensor, sample_rows: int = 8) -> int | None
             return None
         step = max(1, _CHECK_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size()))
         blocks = range(0, weight.shape[0], step)
-        if all(bool(groups_are_ternary(weight[i : i + step], group).all()) for i in blocks):
+        scratch = check_scratch(weight, step * weight.shape[1])
+        if all(bool(groups_are_ternary(weight[i : i + step], group, scratch).all()) for i in blocks):
             return group
     return detect_group_size(weight)
 

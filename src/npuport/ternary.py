@@ -64,10 +64,19 @@ _MAGNITUDE_BITS = {
 }
 
 
-def groups_are_ternary(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+def check_scratch(weight: torch.Tensor, values: int) -> torch.Tensor | None:
+    """A ``scratch`` buffer for groups_are_ternary on blocks of ``weight`` of up to ``values`` values."""
+    spec = _MAGNITUDE_BITS.get(weight.dtype)
+    return None if spec is None else torch.empty(values, dtype=spec[0])
+
+
+def groups_are_ternary(weight: torch.Tensor, group_size: int, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Per group: True when its values are a subset of {-a, 0, +a} for one finite a >= 0.
 
-    Returns a bool tensor of shape (rows, groups).
+    Returns a bool tensor of shape (rows, groups). ``scratch`` (from check_scratch) is used instead of a new
+    temporary; a caller checking many blocks passes the same one (benchmarks/ternary_check.py: 1.2-3.7 -> 6.5
+    GB/s in memory, since a fresh block-sized temporary per call costs page faults, more or fewer by the
+    allocator's history).
     """
     spec = _MAGNITUDE_BITS.get(weight.dtype)
     if spec is None:
@@ -75,12 +84,14 @@ def groups_are_ternary(weight: torch.Tensor, group_size: int) -> torch.Tensor:
         a = w.abs().amax(dim=-1, keepdim=True)
         return ((w == 0) | (w == a) | (w == -a)).all(dim=-1) & a[..., 0].isfinite()
     int_dtype, sign_off, non_finite = spec
-    magnitude = _grouped(weight.contiguous().view(int_dtype) & sign_off, group_size)
+    bits = weight.contiguous().view(int_dtype)
+    out = None if scratch is None else scratch[: bits.numel()].view(bits.shape)
+    magnitude = _grouped(torch.bitwise_and(bits, sign_off, out=out), group_size)
     # Two reductions instead of element-wise compares (measured 4x faster): the largest magnitude, and the
     # smallest non-zero one, found as the minimum of (magnitude - 1) with 0 wrapped to the largest value.
     # The non-zero magnitudes of a group are all equal exactly when the smallest is the largest.
     top = magnitude.amax(dim=-1)
-    smallest_minus_one = (magnitude - 1).bitwise_and_(sign_off).amin(dim=-1)
+    smallest_minus_one = magnitude.sub_(1).bitwise_and_(sign_off).amin(dim=-1)
     return ((smallest_minus_one == top - 1) | (top == 0)) & (top < non_finite)
 
 
