@@ -1,6 +1,6 @@
 from snakemake.utils import min_version, validate
 
-from npuport.settings import check_config, require_utf8
+from npuport.core.settings import check_config, require_utf8
 
 min_version("9.0")
 
@@ -37,4 +37,4 @@ localrules:
 rule report:
     default_target: True
     input:
-        "results/report.md",
+        rules.report_index.output,

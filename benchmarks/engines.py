@@ -13,9 +13,9 @@ import json
 import statistics
 import sys
 
-from npuport.baseline import run_baseline
-from npuport.generation import BASELINE_DEFAULTS, ENGINE_DEFAULTS, GENERATION_DEFAULTS
-from npuport.smoke import run_smoke
+from npuport.engines.baseline import run_baseline
+from npuport.engines.records import BASELINE_DEFAULTS, ENGINE_DEFAULTS, GENERATION_DEFAULTS
+from npuport.engines.smoke import run_smoke
 
 
 def median(records: list[dict], key: str) -> float | None:

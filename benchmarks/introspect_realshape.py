@@ -40,7 +40,7 @@ TARGETS = {"safetensors": (1.0, 300), "bin": (5.0, 500)}  # seconds, MB
 CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-from npuport.introspect import introspect_checkpoint
+from npuport.weights.introspect import introspect_checkpoint
 t1 = time.perf_counter()
 doc = introspect_checkpoint(sys.argv[1], sample_rows=int(sys.argv[2]))
 t2 = time.perf_counter()
@@ -48,7 +48,7 @@ doc["derived"]["ternary"].pop("tensors")
 hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")]
 print(json.dumps({"import_s": t1 - t0, "introspect_s": t2 - t1, "vmhwm_mb": int(hwm[0]) / 1024, "doc": doc}))
 """
-IMPORT_ONLY = "import npuport.introspect"
+IMPORT_ONLY = "import npuport.weights.introspect"
 
 
 def wrong_config() -> dict:
@@ -75,13 +75,11 @@ def wrong_config() -> dict:
     }
 
 
-
-
 def tensor_plan(group_size: int) -> list[tuple]:
     """(name, shape, dtype, producer) for every tensor; ternary projections are generated once and reused."""
     import torch
 
-    from npuport.ternary import QUANTIZED_PROJECTIONS, fake_quant
+    from npuport.weights.ternary import QUANTIZED_PROJECTIONS, fake_quant
 
     g = torch.Generator().manual_seed(0)
     bf16 = torch.bfloat16
@@ -180,7 +178,7 @@ def check(result: dict) -> list[str]:
 
 def report(results: list[dict], baseline: dict) -> None:
     base = f"{baseline['wall_s']:.2f} s, {baseline['maxrss_mb']:.0f} MB"
-    print(f"\nimport only (python + torch + npuport.introspect): {base}")
+    print(f"\nimport only (python + torch + npuport.weights.introspect): {base}")
     print(
         f"{'format':<12} {'introspect':>10} {'process':>8} {'import':>7} {'peak RSS':>9} {'VmHWM':>7}  target  result"
     )

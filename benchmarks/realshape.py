@@ -7,13 +7,13 @@
     python benchmarks/realshape.py engine [--model DIR] [--max-tokens 32] [--prompts 2] [--gpu-memory-utilization 0.3]
 
 fuse: introspects and repairs the source (not timed), then times, each in a fresh process, two plain copies
-of the source weight file (shutil.copyfile, as `cp`; and a 16 MiB read/write loop), `npuport.fuse.fuse` on the
+of the source weight file (shutil.copyfile, as `cp`; and a 16 MiB read/write loop), `npuport.weights.fuse.fuse` on the
 source, and a third copy; the page cache holds the source for all of them (read once first; --cold: evicted
 before each instead) and dirty pages are synced between them. The ratio uses the median copy.
 Targets: fuse bytes/s >= 0.5 x copy bytes/s; peak RSS <= max_shard_size + 2 x largest tensor + 500 MB.
 baseline: measures the memory copy bandwidth (torch, same threads) and then greedy decoding with
-`npuport.baseline.run_baseline`; the bound is copy bandwidth / weight bytes read per token (every tensor but
-the embedding table, in the run's dtype, plus one embedding row). engine: `npuport.smoke.run_smoke` (vLLM,
+`npuport.engines.baseline.run_baseline`; the bound is copy bandwidth / weight bytes read per token (every tensor but
+the embedding table, in the run's dtype, plus one embedding row). engine: `npuport.engines.smoke.run_smoke` (vLLM,
 serve check off) with the settings of config/models/realshape-synthetic.yaml.
 --model defaults to the pipeline's fused model results/realshape-synthetic/model
 (`snakemake --cores 2 results/realshape-synthetic/model --configfile config/models/realshape-synthetic.yaml`).
@@ -179,9 +179,9 @@ def report_fuse(src: Path, source_bytes: int, copies: list[dict], fused: dict, m
 
 
 def child_prepare(src: str, work: str) -> dict:
-    from npuport.atomic import write_json
-    from npuport.introspect import introspect_checkpoint
-    from npuport.repair import repair
+    from npuport.core.atomic import write_json
+    from npuport.weights.introspect import introspect_checkpoint
+    from npuport.weights.repair_config import repair
 
     t0 = time.perf_counter()
     introspection = introspect_checkpoint(src)
@@ -221,8 +221,8 @@ def child_fuse(src: str, work: str, max_shard: str, threads: str, profile: bool 
 
     if int(threads) > 0:
         torch.set_num_threads(int(threads))
-    from npuport.atomic import read_json
-    from npuport.fuse import fuse
+    from npuport.core.atomic import read_json
+    from npuport.weights.fuse import fuse
 
     import_rss = _vmhwm_mb()
     t1 = time.perf_counter()
@@ -283,7 +283,7 @@ def copy_bandwidth(threads: int, size: int = 1 << 30, repeats: int = 5) -> dict:
 
 def bytes_per_token(model_dir: Path, dtype_bytes: int | None) -> dict:
     """Weight bytes one decode step reads: every tensor but the input embedding table, plus one of its rows."""
-    from npuport.checkpoint import Checkpoint
+    from npuport.weights.checkpoint import Checkpoint
 
     with Checkpoint.open(model_dir) as ckpt:
         infos = list(ckpt.tensors.values())
@@ -317,7 +317,7 @@ def bench_bandwidth(args) -> None:
 
 
 def generation_settings(max_tokens: int, prompts: int) -> dict:
-    from npuport.generation import REFERENCE_PROMPTS
+    from npuport.engines.records import REFERENCE_PROMPTS
 
     return {"max_tokens": max_tokens, "prompts": REFERENCE_PROMPTS[:prompts]}
 
@@ -344,7 +344,7 @@ def summarize(doc: dict) -> dict:
 def child_baseline(model: str, dtype: str, max_tokens: str, prompts: str, threads: str) -> dict:
     import torch
 
-    from npuport.baseline import run_baseline
+    from npuport.engines.baseline import run_baseline
 
     bandwidth = copy_bandwidth(int(threads))
     torch.set_num_threads(int(threads))
@@ -391,7 +391,7 @@ def _model_dir(model: Path) -> Path:
 
 
 def child_engine(model: str, max_tokens: str, prompts: str, util: str, max_model_len: str, threads: str) -> dict:
-    from npuport.smoke import run_smoke
+    from npuport.engines.smoke import run_smoke
 
     engine = {"dtype": "bfloat16", "max_model_len": int(max_model_len), "gpu_memory_utilization": float(util),
               "enforce_eager": True, "max_num_seqs": 4}  # fmt: skip

@@ -1,4 +1,4 @@
-"""Throughput of the ternary check (npuport.ternary.groups_are_ternary, in fuse's 1 MiB blocks on one thread).
+"""Throughput of the ternary check (npuport.weights.ternary.groups_are_ternary, in fuse's 1 MiB blocks on one thread).
 
     python benchmarks/ternary_check.py [--src results/realshape-synthetic-src]
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from npuport.checkpoint import Checkpoint
-from npuport.fuse import _SourceFiles, ternary_group_size
-from npuport.ternary import fake_quant, is_quantized_linear
+from npuport.weights.checkpoint import Checkpoint
+from npuport.weights.fuse import _SourceFiles, ternary_group_size
+from npuport.weights.ternary import fake_quant, is_quantized_linear
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -170,8 +170,6 @@ def build_tokenizer(vocab_size: int = REAL["vocab_size"]):
 # ---------------------------------------------------------------- weights
 
 
-
-
 def ternary_weight(rows: int, cols: int, generator: torch.Generator, group_size: int = GROUP_SIZE) -> torch.Tensor:
     """bfloat16 weight whose every group of ``group_size`` columns holds only {-a, 0, +a}, a random per group."""
     signs = torch.randint(-1, 2, (rows, cols // group_size, group_size), generator=generator, dtype=torch.int8)
@@ -180,7 +178,7 @@ def ternary_weight(rows: int, cols: int, generator: torch.Generator, group_size:
 
 
 def state_dict(layers: int, seed: int) -> dict[str, torch.Tensor]:
-    from npuport.ternary import QUANTIZED_PROJECTIONS
+    from npuport.weights.ternary import QUANTIZED_PROJECTIONS
 
     g = torch.Generator().manual_seed(seed)
     h, vocab = REAL["hidden_size"], REAL["vocab_size"]
@@ -205,8 +203,8 @@ def state_dict(layers: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 def write(out: Path, layers: int, seed: int, config: str) -> None:
-    from npuport.atomic import atomic_dir
-    from npuport.atomic import write_json as dump
+    from npuport.core.atomic import atomic_dir
+    from npuport.core.atomic import write_json as dump
 
     with atomic_dir(out) as tmp:
         tokenizer = build_tokenizer()

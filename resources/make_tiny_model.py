@@ -165,7 +165,7 @@ def build_model(config: dict | None = None) -> nn.Module:
 
 def fuse_state_dict(state: dict[str, torch.Tensor], group_size: int = GROUP_SIZE) -> dict[str, torch.Tensor]:
     """Latent weights -> fused ternary weights (float32) for the seven projections; other tensors unchanged."""
-    from npuport.ternary import fake_quant, is_quantized_linear
+    from npuport.weights.ternary import fake_quant, is_quantized_linear
 
     return {k: fake_quant(v, group_size) if is_quantized_linear(k) else v for k, v in state.items()}
 
@@ -217,7 +217,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 20) -> float:
 
 
 def train(model: nn.Module, qa: list, filler: list, steps: int, log_every: int = 50) -> float:
-    from npuport.qat import make_qat
+    from npuport.weights.qat import make_qat
 
     make_qat(model, GROUP_SIZE)
     model.train()
@@ -293,8 +293,8 @@ def evaluate(state: dict[str, torch.Tensor], tokenizer) -> bool:
 
 
 def write_model_dir(out: Path, state: dict[str, torch.Tensor], tokenizer) -> None:
-    from npuport.atomic import atomic_dir
-    from npuport.atomic import write_json as dump
+    from npuport.core.atomic import atomic_dir
+    from npuport.core.atomic import write_json as dump
 
     with atomic_dir(out) as tmp:
         torch.save(state, tmp / "pytorch_model.bin")

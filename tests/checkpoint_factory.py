@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from npuport.ternary import QUANTIZED_PROJECTIONS, fake_quant
+from npuport.weights.ternary import QUANTIZED_PROJECTIONS, fake_quant
 
 ST_DTYPES = {
     torch.bfloat16: "BF16",

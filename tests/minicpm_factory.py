@@ -5,7 +5,7 @@ and ``modeling_minicpm.py`` (written below: a minimal re-implementation of the f
 modeling_minicpm.py, not a copy) and a config.json whose ``auto_map`` points at them. vLLM loads the same
 directory with its native ``MiniCPMForCausalLM`` (trust_remote_code is needed only for the config class).
 
-MiniCPM differs from Llama only by three scales (see npuport.minicpm for the sources):
+MiniCPM differs from Llama only by three scales (see npuport.weights.minicpm for the sources):
 embeddings x scale_emb; each residual branch x scale_depth / sqrt(num_hidden_layers);
 logits = lm_head(hidden / (hidden_size / dim_model_base)).
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from npuport.ternary import QUANTIZED_PROJECTIONS, fake_quant
+from npuport.weights.ternary import QUANTIZED_PROJECTIONS, fake_quant
 
 EMBEDDED = Path(__file__).resolve().parents[1] / "resources" / "tiny-bitcpm"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from test_smoke import PROMPTS, REPO, TOP_K, build_tiny_llama, generation_settings
 
-from npuport.baseline import run_baseline
+from npuport.engines.baseline import run_baseline
 
 BASELINE = {"device": "cpu", "dtype": "float32"}
 
@@ -153,7 +153,7 @@ def test_baseline_script_runs_under_snakemake(tiny_model, tmp_path, baseline):
 def test_stop_ids_are_generation_config_eos_plus_tokenizer_eos(tiny_model, tmp_path):
     from transformers import AutoTokenizer
 
-    from npuport.generation import stop_token_ids
+    from npuport.engines.records import stop_token_ids
 
     model = tmp_path / "m"
     shutil.copytree(tiny_model, model)

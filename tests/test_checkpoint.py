@@ -18,8 +18,8 @@ from checkpoint_factory import (
 )
 from safetensors import safe_open
 
-from npuport.checkpoint import Checkpoint, TensorInfo, bin_data_offsets, dtype_name, load_bin_state_dict
-from npuport.errors import NpuportError
+from npuport.core.errors import NpuportError
+from npuport.weights.checkpoint import Checkpoint, TensorInfo, bin_data_offsets, dtype_name, load_bin_state_dict
 
 LAYOUTS = [("safetensors", 1), ("safetensors", 3), ("bin", 1), ("bin", 2)]
 

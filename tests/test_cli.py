@@ -4,7 +4,7 @@ import sys
 
 from conftest import REPO
 
-from npuport.introspect import introspect_checkpoint
+from npuport.weights.introspect import introspect_checkpoint
 
 EMBEDDED = REPO / "resources" / "tiny-bitcpm"
 

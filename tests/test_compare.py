@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from npuport.compare import classify, first_divergence, perplexity, threshold_checks, topk_metrics
+from npuport.compare.compare import classify, first_divergence, perplexity, threshold_checks, topk_metrics
 
 
 def record(tokens, tops):

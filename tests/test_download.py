@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from npuport.atomic import read_json
-from npuport.download import download
-from npuport.errors import NpuportError
-from npuport.manifest import ChecksumMismatch, check_file, safe_relpath
+from npuport.core.atomic import read_json
+from npuport.core.errors import NpuportError
+from npuport.download.download import download
+from npuport.download.manifest import ChecksumMismatch, check_file, safe_relpath
 
 
 def _source(tmp_path):
@@ -127,7 +127,7 @@ def test_check_file_mismatch_refused(tmp_path, expected, message):
 
 def test_published_outputs_get_ordinary_permissions(tmp_path):
     """Temporaries are private (mkstemp/mkdtemp); what is published gets the umask's usual modes."""
-    from npuport.atomic import write_json
+    from npuport.core.atomic import write_json
 
     old = os.umask(0o022)
     try:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from npuport import envprobe
-from npuport.atomic import write_json
-from npuport.envprobe import COMPAT, decide_platform, diagnose, driver_version, probe_environment, stack_for
-from npuport.npu_smi import npu_smi_errors, parse_npu_smi_info
+from npuport.core.atomic import write_json
+from npuport.env import env_probe as envprobe
+from npuport.env.env_probe import COMPAT, decide_platform, diagnose, driver_version, probe_environment, stack_for
+from npuport.env.npu_smi import npu_smi_errors, parse_npu_smi_info
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"

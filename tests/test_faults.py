@@ -16,12 +16,12 @@ import pytest
 from conftest import copy_workflow, run_snakemake
 from model_factory import TOKENIZER_FILES, tiny_model, write_latent_checkpoint
 
-import npuport.fuse
-from npuport.errors import NpuportError
-from npuport.fuse import fuse
-from npuport.introspect import introspect_checkpoint
-from npuport.repair import repair
-from npuport.tokenizer_check import check_checkpoint_tokenizer
+import npuport.weights.fuse
+from npuport.core.errors import NpuportError
+from npuport.weights.fuse import fuse
+from npuport.weights.introspect import introspect_checkpoint
+from npuport.weights.repair_config import repair
+from npuport.weights.tokenizer_check import check_checkpoint_tokenizer
 
 
 def _fuse(src: Path, out: Path, **kwargs):
@@ -59,7 +59,9 @@ def test_free_space_checked_before_writing(latent, small_tmpfs):
 
 
 def test_disk_full_while_writing_leaves_no_partial_shard(latent, small_tmpfs, monkeypatch):
-    monkeypatch.setattr(npuport.fuse, "check_free_space", lambda target, needed: None)  # let the writes hit ENOSPC
+    monkeypatch.setattr(
+        npuport.weights.fuse, "check_free_space", lambda target, needed: None
+    )  # let the writes hit ENOSPC
     with pytest.raises(NpuportError, match="no space left on device"):
         _fuse(latent, small_tmpfs / "model", max_shard_size=200_000)
     assert list(small_tmpfs.iterdir()) == []

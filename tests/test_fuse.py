@@ -7,13 +7,13 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
-from npuport.checkpoint import Checkpoint
-from npuport.errors import NpuportError
-from npuport.fuse import INDEX_NAME, check_free_space, fuse, fuse_tensor
-from npuport.introspect import introspect_checkpoint
-from npuport.qat import make_qat
-from npuport.repair import repair
-from npuport.ternary import groups_are_ternary, is_quantized_linear
+from npuport.core.errors import NpuportError
+from npuport.weights.checkpoint import Checkpoint
+from npuport.weights.fuse import INDEX_NAME, check_free_space, fuse, fuse_tensor
+from npuport.weights.introspect import introspect_checkpoint
+from npuport.weights.qat import make_qat
+from npuport.weights.repair_config import repair
+from npuport.weights.ternary import groups_are_ternary, is_quantized_linear
 
 GROUP = 32
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from checkpoint_factory import Arch, llama_state_dict, longrope_scaling, ternary_weight, write_checkpoint
 
-from npuport.errors import NpuportError
-from npuport.introspect import DERIVED_FIELDS, head_layouts, introspect_checkpoint, sample_row_indices
+from npuport.core.errors import NpuportError
+from npuport.weights.introspect import DERIVED_FIELDS, head_layouts, introspect_checkpoint, sample_row_indices
 
 ARCH_FIELDS = (
     "hidden_size",

@@ -20,10 +20,10 @@ from checkpoint_factory import Arch, llama_state_dict, write_checkpoint
 from minicpm_factory import GROUP_SIZE, MiniCPMArch, minicpm_state_dict, write_minicpm_checkpoint
 from safetensors.torch import load_file, save_file
 
-from npuport.errors import NpuportError
-from npuport.fuse import INDEX_NAME, fuse
-from npuport.introspect import introspect_checkpoint
-from npuport.minicpm import (
+from npuport.core.errors import NpuportError
+from npuport.weights.fuse import INDEX_NAME, fuse
+from npuport.weights.introspect import introspect_checkpoint
+from npuport.weights.minicpm import (
     LM_HEAD,
     FoldPlan,
     detect_family,
@@ -32,9 +32,9 @@ from npuport.minicpm import (
     model_code_files,
     scales_from_config,
 )
-from npuport.repair import repair
-from npuport.ternary import fake_quant, groups_are_ternary, is_quantized_linear
-from npuport.tokenizer_check import check_checkpoint_tokenizer
+from npuport.weights.repair_config import repair
+from npuport.weights.ternary import fake_quant, groups_are_ternary, is_quantized_linear
+from npuport.weights.tokenizer_check import check_checkpoint_tokenizer
 
 PROMPTS = [
     "Hello, how are you?",

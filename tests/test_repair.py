@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from npuport.errors import NpuportError
-from npuport.repair import field_table, repair
+from npuport.core.errors import NpuportError
+from npuport.weights.repair_config import field_table, repair
 
 DERIVED = {
     "hidden_size": 64,

@@ -17,16 +17,16 @@ import pytest
 import yaml
 from markdown_it import MarkdownIt
 
-from npuport import compare as compare_stage
-from npuport.conclusion import FAILED, NOT_MEASURED, PASSED, SYMBOLS, accelerator_verdict, overall_status, verdicts
-from npuport.envprobe import diagnose
-from npuport.generation import document
-from npuport.index import write_index
-from npuport.mdtext import NEWLINE_MARK, code, fence, table, text
-from npuport.npu_smi import parse_npu_smi_info
-from npuport.pipeline_cost import stage_costs
-from npuport.report import report_code_hash, write_report
-from npuport.report_common import TEMPLATE_DIR, Messages, load_artifacts
+from npuport.compare import compare as compare_stage
+from npuport.engines.records import document
+from npuport.env.env_probe import diagnose
+from npuport.env.npu_smi import parse_npu_smi_info
+from npuport.report.artifacts import TEMPLATE_DIR, Messages, load_artifacts
+from npuport.report.mdtext import NEWLINE_MARK, code, fence, table, text
+from npuport.report.pipeline_cost import stage_costs
+from npuport.report.report_index import write_index
+from npuport.report.report_model import write_report
+from npuport.report.verdicts import FAILED, NOT_MEASURED, PASSED, SYMBOLS, accelerator_verdict, overall_status, verdicts
 
 DATA = Path(__file__).resolve().parent / "data"
 BASE = DATA / "artifacts" / "tiny-bitcpm"
@@ -643,14 +643,6 @@ def test_index_links_each_model_report_with_its_status(tmp_path):
     status = load(directory, "report.json")["status"]
     assert rows[1][1] == f"{SYMBOLS[status]} {label('en', 'status.' + status.replace(' ', '_'))}"
     assert rows[2][1].startswith("⚠") and index.html_tokens() == []
-
-
-def test_code_hash_follows_the_templates(tmp_path):
-    copy = tmp_path / "templates"
-    shutil.copytree(TEMPLATE_DIR, copy)
-    assert report_code_hash(copy) == report_code_hash()
-    (copy / "report.md.j2").write_text((copy / "report.md.j2").read_text() + "\n", encoding="utf-8")
-    assert report_code_hash(copy) != report_code_hash()
 
 
 # -- the rules, in a copy of the workflow ------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 import pytest
 
-from npuport.errors import NpuportError
-from npuport.settings import model_entry, model_names, model_section, parse_size
+from npuport.core.errors import NpuportError
+from npuport.core.settings import model_entry, model_names, model_section, parse_size
 
 CONFIG = {
     "models": [
@@ -28,9 +28,7 @@ def test_duplicate_model_names_refused():
         model_names({"models": [{"name": "a"}, {"name": "a"}]})
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"), [(7, 7), ("2GB", 2 * 10**9), ("512 MiB", 512 * 2**20), ("1.5KB", 1500)]
-)
+@pytest.mark.parametrize(("text", "expected"), [(7, 7), ("2GB", 2 * 10**9), ("512 MiB", 512 * 2**20), ("1.5KB", 1500)])
 def test_parse_size(text, expected):
     assert parse_size(text) == expected
 

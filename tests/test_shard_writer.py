@@ -7,8 +7,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from npuport.checkpoint import Checkpoint
-from npuport.shard_writer import (
+from npuport.weights.checkpoint import Checkpoint
+from npuport.weights.shard_writer import (
     INDEX_NAME,
     BackgroundWriter,
     PlannedTensor,

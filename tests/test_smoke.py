@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from npuport.smoke import run_smoke
+from npuport.engines.smoke import run_smoke
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = [
@@ -198,7 +198,7 @@ def test_missing_vllm_gives_not_run(tiny_model, tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
         sys.modules["vllm"] = None  # as if vLLM were not installed
-        from npuport.smoke import run_smoke
+        from npuport.engines.smoke import run_smoke
         doc = run_smoke({str(tiny_model)!r}, {ENGINE!r}, {generation_settings()!r}, {{"enabled": True}})
         print("DOC" + json.dumps({{k: doc[k] for k in ("status", "reason", "prompts", "serve")}}))
     """)
@@ -211,7 +211,7 @@ def test_missing_vllm_gives_not_run(tiny_model, tmp_path):
 
 
 def test_serve_check_that_cannot_start_fails_and_leaves_no_process(tiny_model, tmp_path):
-    from npuport.serve_check import group_alive, run_serve_check
+    from npuport.engines.serve_check import group_alive, run_serve_check
 
     engine = {**ENGINE, "max_model_len": 10**6, "max_num_seqs": 4, "enforce_eager": True, "tensor_parallel_size": 1,
               "seed": 42}  # fmt: skip

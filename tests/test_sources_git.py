@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from npuport.download import download
-from npuport.errors import NpuportError
+from npuport.core.errors import NpuportError
+from npuport.download.download import download
 
 HAS_GIT_LFS = (
     shutil.which("git") is not None and subprocess.run(["git", "lfs", "version"], capture_output=True).returncode == 0

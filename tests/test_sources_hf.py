@@ -11,9 +11,9 @@ import time
 import pytest
 from hub_server import FakeRepo, Faults, HubServer
 
-from npuport.atomic import read_json
-from npuport.download import download
-from npuport.errors import NpuportError
+from npuport.core.atomic import read_json
+from npuport.core.errors import NpuportError
+from npuport.download.download import download
 
 FAST = {"retry_backoff_s": 0.1, "timeout_s": 120}
 

@@ -9,8 +9,8 @@ import sys
 import pytest
 from hub_server import FakeRepo, Faults, HubServer
 
-from npuport.download import download
-from npuport.errors import NpuportError
+from npuport.core.errors import NpuportError
+from npuport.download.download import download
 
 FAST = {"retry_backoff_s": 0.1, "timeout_s": 120}
 needs_sdk = pytest.mark.skipif(

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from npuport.ternary import check_scratch, detect_group_size, fake_quant, groups_are_ternary
+from npuport.weights.ternary import check_scratch, detect_group_size, fake_quant, groups_are_ternary
 
 
 def float_reference(weight, group_size):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from npuport.ternary import fake_quant, groups_are_ternary, is_quantized_linear
+from npuport.weights.ternary import fake_quant, groups_are_ternary, is_quantized_linear
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 MODEL_DIR = RESOURCES / "tiny-bitcpm"

@@ -11,9 +11,9 @@ import pytest
 from conftest import copy_workflow, planned_rules, run_snakemake
 from safetensors.torch import load_file, save_file
 
-from npuport.compare import compare
-from npuport.serve_check import group_alive
-from npuport.ternary import is_quantized_linear
+from npuport.compare.compare import compare
+from npuport.engines.serve_check import group_alive
+from npuport.weights.ternary import is_quantized_linear
 
 pytestmark = pytest.mark.e2e
 

@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 
-from npuport.errors import NpuportError
+from npuport.core.errors import NpuportError
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from npuport.introspect import introspect_checkpoint
+    from npuport.weights.introspect import introspect_checkpoint
 
     document = introspect_checkpoint(args.path, sample_rows=args.sample_rows)
     if args.json:
@@ -30,11 +30,11 @@ def _inspect(args: argparse.Namespace) -> None:
 def _fuse(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from npuport.fuse import fuse
-    from npuport.introspect import introspect_checkpoint
-    from npuport.repair import repair
-    from npuport.settings import parse_size
-    from npuport.tokenizer_check import check_checkpoint_tokenizer
+    from npuport.core.settings import parse_size
+    from npuport.weights.fuse import fuse
+    from npuport.weights.introspect import introspect_checkpoint
+    from npuport.weights.repair_config import repair
+    from npuport.weights.tokenizer_check import check_checkpoint_tokenizer
 
     introspection = introspect_checkpoint(args.path)
     config, _ = repair(Path(args.path) / "config.json", introspection, args.trust_remote_code)

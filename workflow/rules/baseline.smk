@@ -1,12 +1,12 @@
 rule baseline:
     input:
-        model="results/{model}/model",
+        model=rules.fuse.output[0],
     output:
-        "results/{model}/baseline.json",
+        ARTIFACTS["baseline"],
     log:
-        "logs/{model}/baseline.log",
+        log_file("baseline"),
     benchmark:
-        "results/{model}/benchmarks/baseline.tsv"
+        benchmark_file("baseline")
     conda:
         f"../../envs/{ENGINE_ENV}.yaml"
     threads: reference_threads
@@ -20,6 +20,6 @@ rule baseline:
         baseline=model_setting("baseline"),
         generation=config["generation"],
         trust_remote_code=model_field("trust_remote_code", False),
-        code=module_hash("baseline", "generation", "atomic"),
+        code=script_code("baseline"),
     script:
         "../scripts/baseline.py"

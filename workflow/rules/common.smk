@@ -2,13 +2,46 @@ import os
 import re
 from pathlib import Path
 
-from npuport.codehash import module_hash
-from npuport.settings import model_entry, model_names, model_section
+from npuport.core.codehash import code_hash
+from npuport.core.settings import model_entry, model_names, model_section
 
 MODELS = model_names(config)
 ACCELERATOR = config["accelerator"]["resource"]
 # Conda env of the stages that run an engine; the light stages use the CPU env everywhere.
 ENGINE_ENV = {"none": "cpu", "npu": "ascend", "gpu": "cuda"}[ACCELERATOR]
+
+
+# Every artifact path, written once: rules declare these as outputs, and every consumer reaches them
+# through rules.<stage>.output.
+RESULTS = "results/{model}"
+ARTIFACTS = {
+    "download": f"{RESULTS}/download",
+    "introspect": f"{RESULTS}/introspect.json",
+    "config": f"{RESULTS}/config.json",
+    "repair": f"{RESULTS}/repair.json",
+    "model": f"{RESULTS}/model",
+    "env": f"{RESULTS}/env.json",
+    "smoke": f"{RESULTS}/smoke.json",
+    "baseline": f"{RESULTS}/baseline.json",
+    "compare": f"{RESULTS}/compare.json",
+    "report": f"{RESULTS}/report.md",
+    "plots": f"{RESULTS}/plots",
+    "summary": f"{RESULTS}/report.json",
+    "index": "results/report.md",
+}
+
+
+def log_file(rule):
+    return f"logs/{{model}}/{rule}.log"
+
+
+def benchmark_file(rule):
+    return f"{RESULTS}/benchmarks/{rule}.tsv"
+
+
+def script_code(script):
+    """Params value: hash of the npuport code ``workflow/scripts/<script>.py`` reaches (its import closure)."""
+    return code_hash(Path(workflow.basedir) / "workflow" / "scripts" / f"{script}.py")
 
 
 wildcard_constraints:
@@ -49,8 +82,10 @@ def accelerator(kind):
     return 1 if ACCELERATOR == kind else 0
 
 
-def per_model(pattern):
-    return expand(pattern, model=MODELS)
+def relative_paths(paths):
+    """``paths`` relative to the workflow's directory (the run's config files as the report's commands name them)."""
+    base = Path(workflow.basedir).resolve()
+    return [Path(os.path.relpath(Path(p).resolve(), base)).as_posix() for p in paths]
 
 
 def installed_versions(*packages):

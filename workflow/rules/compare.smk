@@ -1,14 +1,14 @@
 rule compare:
     input:
-        smoke="results/{model}/smoke.json",
-        baseline="results/{model}/baseline.json",
-        model="results/{model}/model",
+        smoke=rules.smoke.output[0],
+        baseline=rules.baseline.output[0],
+        model=rules.fuse.output[0],
     output:
-        "results/{model}/compare.json",
+        ARTIFACTS["compare"],
     log:
-        "logs/{model}/compare.log",
+        log_file("compare"),
     benchmark:
-        "results/{model}/benchmarks/compare.tsv"
+        benchmark_file("compare")
     conda:
         "../../envs/cpu.yaml"
     threads: reference_threads
@@ -17,6 +17,6 @@ rule compare:
     params:
         compare=config["compare"],
         trust_remote_code=model_field("trust_remote_code", False),
-        code=module_hash("compare", "atomic"),
+        code=script_code("compare"),
     script:
         "../scripts/compare.py"

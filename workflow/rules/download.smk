@@ -2,25 +2,16 @@ rule download:
     input:
         local_source_files,
     output:
-        directory("results/{model}/download"),
+        directory(ARTIFACTS["download"]),
     log:
-        "logs/{model}/download.log",
+        log_file("download"),
     benchmark:
-        "results/{model}/benchmarks/download.tsv"
+        benchmark_file("download")
     conda:
         "../../envs/cpu.yaml"
     params:
         source=model_field("source"),
         base_dir=workflow.basedir,
-        code=module_hash(
-            "download",
-            "manifest",
-            "atomic",
-            "sources/common",
-            "sources/worker",
-            "sources/hf",
-            "sources/git",
-            "sources/modelscope",
-        ),
+        code=script_code("download"),
     script:
         "../scripts/download.py"

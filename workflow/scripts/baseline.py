@@ -1,6 +1,6 @@
-from npuport.atomic import write_json
-from npuport.baseline import run_baseline
-from npuport.stage import run_stage
+from npuport.core.atomic import write_json
+from npuport.core.stage import run_stage
+from npuport.engines.baseline import run_baseline
 
 
 def main(smk):

@@ -1,6 +1,6 @@
-from npuport.atomic import read_json, write_json
-from npuport.compare import compare
-from npuport.stage import run_stage
+from npuport.compare.compare import compare
+from npuport.core.atomic import read_json, write_json
+from npuport.core.stage import run_stage
 
 
 def main(smk):

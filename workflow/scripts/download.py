@@ -1,5 +1,5 @@
-from npuport.download import download
-from npuport.stage import run_stage
+from npuport.core.stage import run_stage
+from npuport.download.download import download
 
 
 def main(smk):

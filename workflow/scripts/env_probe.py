@@ -6,9 +6,9 @@ By hand: ``python workflow/scripts/env_probe.py OUT.json``.
 
 import sys
 
-from npuport.atomic import write_json
-from npuport.envprobe import DEFAULT_PACKAGES, probe_environment
-from npuport.stage import run_stage
+from npuport.core.atomic import write_json
+from npuport.core.stage import run_stage
+from npuport.env.env_probe import DEFAULT_PACKAGES, probe_environment
 
 
 def main(output, packages):

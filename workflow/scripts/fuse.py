@@ -1,7 +1,7 @@
-from npuport.atomic import read_json
-from npuport.fuse import fuse
-from npuport.settings import parse_size
-from npuport.stage import run_stage
+from npuport.core.atomic import read_json
+from npuport.core.settings import parse_size
+from npuport.core.stage import run_stage
+from npuport.weights.fuse import fuse
 
 
 def main(smk):

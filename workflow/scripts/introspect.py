@@ -1,6 +1,6 @@
-from npuport.atomic import write_json
-from npuport.introspect import introspect_checkpoint
-from npuport.stage import run_stage
+from npuport.core.atomic import write_json
+from npuport.core.stage import run_stage
+from npuport.weights.introspect import introspect_checkpoint
 
 
 def main(smk):

@@ -1,9 +1,9 @@
 from pathlib import Path
 
-from npuport.atomic import read_json, write_json
-from npuport.repair import repair
-from npuport.stage import run_stage
-from npuport.tokenizer_check import check_checkpoint_tokenizer
+from npuport.core.atomic import read_json, write_json
+from npuport.core.stage import run_stage
+from npuport.weights.repair_config import repair
+from npuport.weights.tokenizer_check import check_checkpoint_tokenizer
 
 
 def main(smk):

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from npuport.report import write_report
-from npuport.stage import run_stage
+from npuport.core.stage import run_stage
+from npuport.report.report_model import write_report
 
 
 def main(smk):

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from npuport.index import write_index
-from npuport.stage import run_stage
+from npuport.core.stage import run_stage
+from npuport.report.report_index import write_index
 
 
 def main(smk):

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from npuport.atomic import write_json
-from npuport.smoke import run_smoke
-from npuport.stage import run_stage
+from npuport.core.atomic import write_json
+from npuport.core.stage import run_stage
+from npuport.engines.smoke import run_smoke
 
 
 def main(smk):

@@ -1,0 +1,1 @@
+"""The engine under test (vLLM, `smoke` + serve check) and the transformers reference (`baseline`)."""

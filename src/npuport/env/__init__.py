@@ -1,0 +1,1 @@
+"""The `env_probe` stage: versions, hardware, accelerators, container limits and diagnostics."""

@@ -1,0 +1,1 @@
+"""The `report_model` and `report_index` stages: Markdown reports, plots, verdicts."""

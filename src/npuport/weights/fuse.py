@@ -1,0 +1,381 @@
+"""Fuse latent ternary-QAT weights into plain weights and write a Hugging Face model directory.
+
+Streams one tensor at a time into safetensors shards of at most ``max_shard_size`` bytes
+(plus ``model.safetensors.index.json``) with npuport.weights.shard_writer, so memory stays near a few tensors. A tensor
+whose output bytes are its source bytes (same dtype, no fold, not quantized) is checked in place through a
+read-only map of the source file and copied file to file in the kernel, on a writer thread that overlaps the
+next tensor's check.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from npuport.core.atomic import atomic_dir, write_json
+from npuport.core.errors import NpuportError
+from npuport.download.manifest import MANIFEST_NAME
+from npuport.weights.checkpoint import Checkpoint
+from npuport.weights.minicpm import Fold, FoldPlan, fold_decision, fold_plan, llama_config, model_code_files
+from npuport.weights.shard_writer import INDEX_NAME as INDEX_NAME  # re-exported: callers import it from here
+from npuport.weights.shard_writer import BackgroundWriter, PlannedTensor, StreamingShardWriter
+from npuport.weights.ternary import (
+    check_scratch,
+    detect_group_size,
+    fake_quant,
+    groups_are_ternary,
+    is_quantized_linear,
+)
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# Slack on top of the checkpoint size required free before writing (index, config, tokenizer).
+_FREE_SPACE_MARGIN = 1.05
+_CHECK_BLOCK_BYTES = 1 << 20  # L2-sized: measured 2-3x faster than whole-tensor passes
+
+
+def ternary_group_size(weight: torch.Tensor, sample_rows: int = 8) -> int | None:
+    """Group size at which every value of ``weight`` is ternary, or None for latent weights.
+
+    A cheap look at the first rows rejects latent tensors before the full check, which runs over blocks of rows
+    small enough for the check's temporaries to stay in cache (groups never span rows, so the result is the same).
+    """
+    with _one_torch_thread():
+        group = detect_group_size(weight[:sample_rows])
+        if group is None:
+            return None
+        step = max(1, _CHECK_BLOCK_BYTES // max(1, weight.shape[1] * weight.element_size()))
+        blocks = range(0, weight.shape[0], step)
+        scratch = check_scratch(weight, step * weight.shape[1])
+        if all(bool(groups_are_ternary(weight[i : i + step], group, scratch).all()) for i in blocks):
+            return group
+    return detect_group_size(weight)
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    """The sample and the blocks of the check are too small to share between threads: on a busy host the threads
+    of each small op wait for one another (measured 2-3x slower with 2 threads on 2 shared cores). Another core
+    copies bytes meanwhile."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def should_quantize(mode: str, already_ternary: bool) -> bool:
+    """The fuse decision for one linear: always, never, or (auto) only latent weights."""
+    return mode == "always" or (mode == "auto" and not already_ternary)
+
+
+def _output_dtype(tensor: torch.Tensor, dtype: str) -> torch.dtype:
+    return tensor.dtype if dtype == "keep" else getattr(torch, dtype)
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def check_free_space(target: Path, needed: int) -> None:
+    """NpuportError before writing when the target file system cannot hold ``needed`` bytes."""
+    free = shutil.disk_usage(target.parent).free
+    if free < needed * _FREE_SPACE_MARGIN:
+        raise NpuportError(target, f"not enough free disk space: need about {needed} bytes, {free} free")
+
+
+@contextlib.contextmanager
+def _disk_full_is_user_error(target: Path):
+    """ENOSPC while writing becomes a one-line error; atomic_dir has already removed the partial output."""
+    try:
+        yield
+    except Exception as exc:  # safetensors reports ENOSPC as SafetensorError, not OSError
+        if getattr(exc, "errno", None) != errno.ENOSPC and "(os error 28)" not in str(exc):
+            raise
+        raise NpuportError(target, "no space left on device while writing the fused model") from None
+
+
+def copy_side_files(download_dir: Path, staging: Path, leave_out: set[str] = frozenset()) -> list[str]:
+    """Copy tokenizer, generation config and other non-weight files (not config.json, nor the relative paths in
+    ``leave_out``) into the model dir."""
+    copied = []
+    for path in sorted(download_dir.rglob("*")):
+        rel = path.relative_to(download_dir).as_posix()
+        is_weight = path.name.endswith(_WEIGHT_SUFFIXES) or path.name in _WEIGHT_INDEXES
+        # .snakemake_timestamp marks a directory output's age for Snakemake; it is not part of the model
+        skip = path.name in ("config.json", MANIFEST_NAME) or path.name.startswith(".snakemake") or rel in leave_out
+        if path.is_file() and not is_weight and not skip:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / rel)
+            copied.append(rel)
+    return copied
+
+
+def _finish(tensor: torch.Tensor, fold: Fold | None, out_dtype: torch.dtype) -> torch.Tensor:
+    """Cast to the output dtype. A MiniCPM fold (npuport.weights.minicpm) is applied first, in at least float32, so the
+    value is rounded to the output dtype once.
+
+    Order: the fold comes after fake-quantization. The trained model quantized the latent weights and scaled
+    the branch output at run time, so fake_quant(W) * c is what it computed; scaling first would quantize
+    c * W instead (the same only up to rounding at the .5 boundaries and the eps floor of the group scale).
+    A ternary group times a constant is still ternary, and the ternary check below sees the folded values."""
+    if fold is not None:
+        tensor = fold(tensor.to(torch.promote_types(tensor.dtype, torch.float32)))
+    return tensor.to(out_dtype)
+
+
+_UNCHECKED = object()
+
+
+def fuse_tensor(
+    name: str,
+    tensor: torch.Tensor,
+    mode: str,
+    group_size: int,
+    dtype: str,
+    fold: Fold | None = None,
+    found: int | None | object = _UNCHECKED,
+) -> tuple[torch.Tensor, dict]:
+    """Fuse one tensor (then apply ``fold``, a MiniCPM scale, if given); returns the output tensor and its
+    record for fuse.json. ``found``: ternary_group_size(tensor) when the caller has computed it already."""
+    out_dtype = _output_dtype(tensor, dtype)
+    if not is_quantized_linear(name):
+        return _finish(tensor, fold, out_dtype), {"name": name, "action": "copied"}
+    if found is _UNCHECKED:
+        found = ternary_group_size(tensor)
+    if should_quantize(mode, found is not None):
+        result = _finish(fake_quant(tensor, group_size), fold, out_dtype)
+        action, check_group = "quantized", group_size
+    else:
+        result = _finish(tensor, fold, out_dtype)
+        action = "kept (already ternary)" if found is not None else "kept (mode never)"
+        check_group = found
+    # ternary_group_size has checked every value of ``tensor`` already: an unchanged result needs no second pass.
+    ternary = check_group is not None and (result is tensor or bool(groups_are_ternary(result, check_group).all()))
+    if action == "quantized" and not ternary:
+        raise NpuportError(name, "fused tensor is not ternary after quantization (dtype too narrow for the scales?)")
+    return result, {"name": name, "action": action, "ternary": ternary, "group_size": check_group}
+
+
+def _planned_dtype(source_dtype: str, dtype: str) -> torch.dtype:
+    return getattr(torch, source_dtype if dtype == "keep" else dtype)
+
+
+def _outputs(checkpoint: Checkpoint, plan: FoldPlan | None) -> dict[str, list[tuple[str, Fold | None]]]:
+    """Per source tensor (sorted; dropped ones absent): the output tensors written from it, in write order."""
+    outputs = {}
+    for name in sorted(checkpoint.tensors):
+        if plan is None:
+            outputs[name] = [(name, None)]
+        elif not plan.drops(name):
+            outputs[name] = [(name, plan.transform(name)), *plan.derived(name)]
+    return outputs
+
+
+class _SourceFiles:
+    """Read-only maps and descriptors of the checkpoint's files: tensors are checked where they lie (no read
+    copy) and copied file to file. Pages of a checked tensor are dropped from the map at once, so the mapping
+    never adds more than the tensor being checked to the resident set."""
+
+    def __init__(self, checkpoint: Checkpoint):
+        self.checkpoint = checkpoint
+        self.fds: dict[str, int] = {}
+        self.maps: dict[str, mmap.mmap] = {}
+
+    def __enter__(self) -> _SourceFiles:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for m in self.maps.values():
+            m.close()
+        for fd in self.fds.values():
+            os.close(fd)
+
+    def path(self, name: str) -> Path:
+        return self.checkpoint.directory / self.checkpoint.tensors[name].file
+
+    def fd(self, name: str) -> int:
+        file = self.checkpoint.tensors[name].file
+        if file not in self.fds:
+            self.fds[file] = os.open(self.path(name), os.O_RDONLY)
+        return self.fds[file]
+
+    def view(self, name: str) -> torch.Tensor | None:
+        """``name`` as a tensor over the mapped file, or None when its bytes are not at a known offset."""
+        info, offset = self.checkpoint.tensors[name], self.checkpoint.file_offset(name)
+        if offset is None or info.nbytes == 0:
+            return None
+        if info.file not in self.maps:
+            self.maps[info.file] = mmap.mmap(self.fd(name), 0, access=mmap.ACCESS_READ)
+        dtype = getattr(torch, info.dtype)
+        with warnings.catch_warnings():  # the map is read-only; nothing writes through this tensor
+            warnings.filterwarnings("ignore", message="The given buffer is not writable")
+            flat = torch.frombuffer(self.maps[info.file], dtype=dtype, count=info.nbytes // dtype.itemsize,
+                                    offset=offset)  # fmt: skip
+        return flat.reshape(info.shape)
+
+    def release(self, name: str) -> None:
+        """Drop ``name``'s pages from this process's map (the page cache keeps them)."""
+        info, offset = self.checkpoint.tensors[name], self.checkpoint.file_offset(name)
+        if info.file in self.maps and offset is not None and info.nbytes:
+            start = offset - offset % mmap.PAGESIZE
+            self.maps[info.file].madvise(mmap.MADV_DONTNEED, start, offset + info.nbytes - start)
+
+
+def _fuse_source_tensor(
+    checkpoint: Checkpoint,
+    source: _SourceFiles,
+    writer: BackgroundWriter,
+    name: str,
+    outputs: list[tuple[str, Fold | None]],
+    plan: FoldPlan | None,
+    mode: str,
+    group_size: int,
+    dtype: str,
+) -> tuple[list[dict], int]:
+    """Write the outputs of source tensor ``name``; return their fuse.json records and how many were copied.
+
+    An output whose bytes are the source's (no fold, same dtype, not quantized) is copied from the file after
+    its ternary check on the mapped values; anything else is loaded and computed as fuse_tensor does."""
+    view = source.view(name)
+    found: int | None | object = _UNCHECKED
+    if view is not None and is_quantized_linear(name):
+        found = ternary_group_size(view)  # every value: the same check fuse_tensor makes on the loaded tensor
+    del view
+    source.release(name)
+    records, loaded, copied = [], None, 0
+    source_dtype, offset = getattr(torch, checkpoint.tensors[name].dtype), checkpoint.file_offset(name)
+    for out_name, fold in outputs:
+        out_dtype = _planned_dtype(checkpoint.tensors[name].dtype, dtype)
+        linear = is_quantized_linear(out_name)
+        unchanged = fold is None and out_dtype == source_dtype and offset is not None
+        if linear:
+            unchanged = unchanged and found is not _UNCHECKED and not should_quantize(mode, found is not None)
+        if unchanged:
+            writer.copy(out_name, source.path(name), source.fd(name), offset)
+            copied += 1
+            record = {"name": out_name, "action": "copied"}
+            if linear:
+                action = "kept (already ternary)" if found is not None else "kept (mode never)"
+                record = {"name": out_name, "action": action, "ternary": found is not None, "group_size": found}
+            nbytes = checkpoint.tensors[name].nbytes
+        else:
+            loaded = checkpoint.load(name) if loaded is None else loaded
+            tensor, record = fuse_tensor(out_name, loaded, mode, group_size, dtype, fold, found)
+            writer.write(out_name, tensor)
+            out_dtype, nbytes = tensor.dtype, _tensor_bytes(tensor)
+        if plan is not None:
+            record |= {"minicpm_factor": plan.factor(out_name)}
+            record |= {"derived_from": name} if out_name != name else {}
+        records.append(record | {"dtype": str(out_dtype).removeprefix("torch."), "bytes": nbytes})
+    return records, copied
+
+
+def _write_weights(
+    checkpoint: Checkpoint,
+    staging: Path,
+    plan: FoldPlan | None,
+    mode: str,
+    group_size: int,
+    dtype: str,
+    max_shard_size: int,
+) -> tuple[list[dict], dict, int]:
+    """Stream every output tensor into the shards; return the fuse.json records, the index and how many tensors
+    were copied byte for byte from the source file."""
+    outputs = _outputs(checkpoint, plan)
+    planned = [PlannedTensor(o, checkpoint.tensors[n].shape, _planned_dtype(checkpoint.tensors[n].dtype, dtype))
+               for n, outs in outputs.items() for o, _ in outs]  # fmt: skip
+    records, byte_copied = [], 0
+    with _SourceFiles(checkpoint) as source:  # closed only after the writer thread has stopped
+        writer = BackgroundWriter(StreamingShardWriter(staging, planned, max_shard_size))
+        try:
+            for name in tqdm(sorted(checkpoint.tensors), desc="fuse", unit="tensor"):
+                if name not in outputs:
+                    dropped = f"dropped (tied to {plan.embed}; the head is derived from it)"
+                    records.append({"name": name, "action": dropped})
+                    continue
+                written, copied = _fuse_source_tensor(checkpoint, source, writer, name, outputs[name], plan, mode,
+                                                      group_size, dtype)  # fmt: skip
+                records += written
+                byte_copied += copied
+            index = writer.finish()
+        finally:
+            writer.close()
+    return records, index, byte_copied
+
+
+def decision(mode: str, introspection: dict) -> str:
+    """Why fusion does what it does, in one sentence for fuse.json and the report."""
+    status = introspection["derived"]["ternary"]["status"]
+    if mode == "never":
+        return "fuse mode 'never': weights converted to safetensors unchanged"
+    if mode == "always":
+        return "fuse mode 'always': every quantized linear fake-quantized"
+    if status == "ternary":
+        return "fuse mode 'auto': introspection found the linears already ternary, so only the format is converted"
+    return f"fuse mode 'auto': introspection found the linears {status}, so latent linears are fake-quantized"
+
+
+def fuse(
+    download_dir: str | Path,
+    config: dict,
+    introspection: dict,
+    target: str | Path,
+    mode: str = "auto",
+    group_size: int = 128,
+    max_shard_size: int = 2 * 10**9,
+    dtype: str = "keep",
+    minicpm: str = "auto",
+) -> dict:
+    """Write the fused model directory ``target`` (atomically) and return its fuse.json document.
+
+    ``minicpm`` (auto | fold | never): fold MiniCPM's scales into the weights (npuport.weights.minicpm)."""
+    download_dir, target = Path(download_dir), Path(target)
+    with Checkpoint.open(download_dir) as checkpoint, atomic_dir(target) as staging, _disk_full_is_user_error(target):
+        needed = sum(t.nbytes for t in checkpoint.tensors.values())
+        # --- MiniCPM hook (npuport.weights.minicpm): scales folded per tensor; a tied head is derived from the
+        # embedding as it streams past, so the untie costs one extra tensor, never the whole model.
+        plan = fold_plan(minicpm, config, introspection, checkpoint.tensors)
+        if plan is not None and plan.tied:
+            needed += checkpoint.tensors[plan.embed].nbytes
+        check_free_space(target, needed)
+        # the folded config has no auto_map, so MiniCPM's configuration_/modeling_ modules would be dead files
+        left_out = sorted(model_code_files(config)) if plan is not None else []
+        config = llama_config(config) if plan is not None else config
+        # The tokenizer was checked against this config by repair_config (npuport.weights.tokenizer_check), before fuse.
+        write_json(staging / "config.json", config)
+        side_files = copy_side_files(download_dir, staging, set(left_out))
+        records, index, byte_copied = _write_weights(checkpoint, staging, plan, mode, group_size, dtype,
+                                                     max_shard_size)  # fmt: skip
+        # --- end MiniCPM hook
+        linears = [r for r in records if "ternary" in r]
+        document = {
+            "mode": mode,
+            "group_size": group_size,
+            "max_shard_size": max_shard_size,
+            "decision": decision(mode, introspection),
+            "source_format": checkpoint.format,
+            "tensors_quantized": sum(r["action"] == "quantized" for r in records),
+            "tensors_byte_copied": byte_copied,
+            "linears_checked": len(linears),
+            "linears_ternary": sum(r["ternary"] for r in linears),
+            "all_linears_ternary": all(r["ternary"] for r in linears) if linears else None,
+            "total_bytes": index["metadata"]["total_size"],
+            "shards": sorted(set(index["weight_map"].values())),
+            "side_files": side_files,
+            "side_files_left_out": left_out,
+            "minicpm": {"mode": minicpm, "folded": plan is not None, "decision": fold_decision(minicpm, plan, config)}
+            | (plan.describe() if plan is not None else {}),
+            "tensors": records,
+        }
+        write_json(staging / "fuse.json", document)
+    return document
