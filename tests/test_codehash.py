@@ -70,3 +70,62 @@ def test_report_hash_follows_its_templates(package_copy):
     _touch(package_copy / "report" / "templates" / "report.md.j2")
     assert code_hash(SCRIPTS / "report.py") != before
     assert code_hash(SCRIPTS / "fuse.py") == code_hash(SCRIPTS / "fuse.py")
+
+
+# -- in a copy of a complete run: what `snakemake -n` plans after an edit ---------------------------------------
+
+
+def _params_changed(workdir, src) -> set[str]:
+    """Rules whose dry-run reason names changed params, with npuport imported from ``src``."""
+    from conftest import run_snakemake
+
+    plan = run_snakemake(workdir, "-n", "report", env={"PYTHONPATH": str(src)}).stdout
+    rules = set()
+    for job in plan.split("\nrule ")[1:]:
+        name = job.split(":", 1)[0]
+        if "Params have changed since last execution" in job:
+            rules.add(name)
+    return rules
+
+
+@pytest.fixture
+def run_copy(default_run, tmp_path):
+    """A copy of the default run's directory (results and Snakemake's metadata) and of the library source."""
+    workdir = tmp_path / "wf"
+    shutil.copytree(default_run, workdir, symlinks=True)
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return workdir, src
+
+
+@pytest.mark.e2e
+def test_editing_an_indirectly_reached_module_reruns_exactly_the_stages_that_reach_it(run_copy):
+    workdir, src = run_copy
+    assert _params_changed(workdir, src) == set()
+    # weights/checkpoint.py is imported by no script: introspect, repair_config and fuse reach it through
+    # weights/introspect.py or weights/fuse.py
+    module = PACKAGE / "weights" / "checkpoint.py"
+    reaching = {script.stem for script in SCRIPTS.glob("*.py") if module in import_closure(script)}
+    reaching = {"report_model" if name == "report" else name for name in reaching}
+    assert {"introspect", "repair_config", "fuse"} <= reaching
+    assert not reaching & {"download", "env_probe", "smoke", "baseline"}
+    _touch(src / "npuport" / "weights" / "checkpoint.py")
+    assert _params_changed(workdir, src) == reaching
+
+
+@pytest.mark.e2e
+def test_editing_the_errors_module_reruns_every_stage(run_copy):
+    workdir, src = run_copy
+    _touch(src / "npuport" / "core" / "errors.py")  # reached by every script through the stage runner
+    stages = {"download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare"}
+    assert stages | {"report_model", "report_index"} == _params_changed(workdir, src)
+
+
+@pytest.mark.e2e
+def test_editing_a_module_no_stage_reaches_reruns_nothing(run_copy):
+    from conftest import run_snakemake
+
+    workdir, src = run_copy
+    _touch(src / "npuport" / "__main__.py")  # the command line only
+    plan = run_snakemake(workdir, "-n", "report", env={"PYTHONPATH": str(src)}).stdout
+    assert "Nothing to be done" in plan

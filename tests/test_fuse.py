@@ -134,7 +134,7 @@ def _reference_fuse(src, tmp_path, mode="auto", dtype="keep"):
     tensors = {}
     with Checkpoint.open(src) as checkpoint:
         for name in sorted(checkpoint.tensors):
-            tensors[name], _ = fuse_tensor(name, checkpoint.load(name), mode, GROUP, dtype)
+            tensors[name], _ = fuse_tensor(name, checkpoint.load(name), mode=mode, group_size=GROUP, dtype=dtype)
     path = tmp_path / "reference.safetensors"
     save_file({n: t.contiguous() for n, t in tensors.items()}, path, metadata={"format": "pt"})
     return load_file(path)

@@ -40,7 +40,13 @@ def _fuse(args: argparse.Namespace) -> None:
     config, _ = repair(Path(args.path) / "config.json", introspection, args.trust_remote_code)
     check_checkpoint_tokenizer(args.path, config, args.trust_remote_code)
     document = fuse(
-        args.path, config, introspection, args.out, args.mode, args.group_size, parse_size(args.max_shard_size)
+        args.path,
+        config,
+        introspection,
+        args.out,
+        mode=args.mode,
+        group_size=args.group_size,
+        max_shard_size=parse_size(args.max_shard_size),
     )
     print(document["decision"])
     print(f"wrote {args.out}: {len(document['shards'])} shard(s), {document['total_bytes']} bytes")

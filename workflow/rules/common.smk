@@ -72,8 +72,15 @@ def local_source_files(wildcards):
     if source["kind"] != "local":
         return []
     root = Path(workflow.basedir) / source["path"]
+    # relative to the workflow where possible: a moved checkout is not a changed input
     return sorted(
-        str(p) for p in root.rglob("*") if p.is_file() and ".git" not in p.parts
+        (
+            os.path.relpath(p, workflow.basedir)
+            if p.is_relative_to(workflow.basedir)
+            else str(p)
+        )
+        for p in root.rglob("*")
+        if p.is_file() and ".git" not in p.parts
     )
 
 

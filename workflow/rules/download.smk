@@ -11,7 +11,6 @@ rule download:
         "../../envs/cpu.yaml"
     params:
         source=model_field("source"),
-        base_dir=workflow.basedir,
         code=script_code("download"),
     script:
         "../scripts/download.py"

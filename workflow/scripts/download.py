@@ -1,9 +1,12 @@
+from pathlib import Path
+
 from npuport.core.stage import run_stage
 from npuport.download.download import download
 
 
 def main(smk):
-    download(smk.params.source, smk.output[0], base_dir=smk.params.base_dir)
+    # a local source's relative path is relative to the workflow (two levels above this script)
+    download(smk.params.source, smk.output[0], base_dir=Path(smk.scriptdir).parents[1])
 
 
 if __name__ == "__main__":

@@ -1,15 +1,18 @@
-"""Run one pipeline stage from a Snakemake script: output to the log, one-line errors."""
+"""Run one pipeline stage from a Snakemake script: logging and all output to the log, one-line errors."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from npuport.core.errors import NpuportError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger("npuport")
 
 
 @contextlib.contextmanager
@@ -22,9 +25,9 @@ def redirect_to_log(log_path: str | Path | None) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    with open(log_path, "a", encoding="utf-8") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+    with open(log_path, "a", encoding="utf-8") as log_file:
+        os.dup2(log_file.fileno(), 1)
+        os.dup2(log_file.fileno(), 2)
         try:
             yield
         finally:
@@ -36,21 +39,33 @@ def redirect_to_log(log_path: str | Path | None) -> Iterator[None]:
             os.close(saved[1])
 
 
+def configure_logging(level: int = logging.INFO) -> None:
+    """The one logging set-up of a stage process: every library logger writes to stderr (the stage log)."""
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def _console(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def run_stage(name: str, log_path: str | Path | None, body: Callable[[], None]) -> None:
-    """Run ``body`` with output in the log; a user error exits 1 with one line on stderr."""
+    """Run ``body`` with logging and output in the log; a failure exits 1 with one line on the console
+    (the log keeps the traceback)."""
     try:
         with redirect_to_log(log_path):
+            configure_logging()
             try:
                 body()
             except NpuportError as exc:
-                print(f"{name}: error: {exc}", file=sys.stderr)
+                log.error("%s: error: %s", name, exc)
                 raise
             except Exception:
-                traceback.print_exc()
+                log.exception("%s: failed", name)
                 raise
     except NpuportError as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        _console(f"{name}: error: {exc}")
         sys.exit(1)
     except Exception as exc:
-        print(f"{name}: failed: {type(exc).__name__}: {exc} (traceback in {log_path})", file=sys.stderr)
+        _console(f"{name}: failed: {type(exc).__name__}: {exc} (traceback in {log_path})")
         sys.exit(1)

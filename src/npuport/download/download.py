@@ -9,15 +9,17 @@ the staging directory replaces the target in one rename. A mismatch publishes no
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 from pathlib import Path
 
 from npuport.core.atomic import atomic_dir, write_json
 from npuport.core.errors import NpuportError
 from npuport.download.manifest import MANIFEST_NAME, ChecksumMismatch, build_manifest, safe_relpath
 from npuport.download.sources.common import Fetched, Policy
+
+log = logging.getLogger(__name__)
 
 CACHE_DIR_NAME = ".download-cache"
 REMOTE_KINDS = ("hf", "modelscope", "git")
@@ -87,7 +89,7 @@ def download(source: dict, target: str | Path, base_dir: str | Path = ".", cache
         source_path = (Path(base_dir) / source["path"]).resolve()
         with atomic_dir(target) as staging:
             fetch_local(source_path, staging)
-            manifest = build_manifest(staging, source, {"kind": "local", "path": str(source_path)})
+            manifest = build_manifest(staging, source, resolved={"kind": "local", "path": str(source_path)})
             write_json(staging / MANIFEST_NAME, manifest)
         return manifest
     if kind not in REMOTE_KINDS:
@@ -102,7 +104,7 @@ def publish(fetched: Fetched, source: dict, target: Path) -> dict:
         with atomic_dir(target) as staging:
             for rel in fetched.files:
                 _place(fetched.root / rel, fetched.trusted_root, staging / safe_relpath(rel))
-            manifest = build_manifest(staging, source, fetched.resolved, fetched.files)
+            manifest = build_manifest(staging, source, resolved=fetched.resolved, expected=fetched.files)
             write_json(staging / MANIFEST_NAME, manifest)
     except ChecksumMismatch as exc:
         fetched.discard(exc.relpath)
@@ -110,9 +112,8 @@ def publish(fetched: Fetched, source: dict, target: Path) -> dict:
             exc.path, f"{exc.problem}; nothing published, the bad copy was removed from the cache"
         ) from None
     verified = manifest["verified_files"]
-    print(
-        f"download: published {len(manifest['files'])} files ({manifest['total_bytes']} bytes, {verified} verified "
-        f"against the source's checksums) from {fetched.resolved}",
-        file=sys.stderr,
-    )
+    log.info(
+        "published %d files (%d bytes, %d verified against the source's checksums) from %s",
+        len(manifest["files"]), manifest["total_bytes"], verified, fetched.resolved,
+    )  # fmt: skip
     return manifest

@@ -84,6 +84,7 @@ def check_file(entry: dict, path: Path, expected: dict | None) -> dict:
 def build_manifest(
     directory: Path,
     source: dict,
+    *,
     resolved: dict | None = None,
     expected: dict[str, dict] | None = None,
     progress: bool = True,

@@ -98,13 +98,13 @@ def read_safetensors_header(path: Path) -> dict[str, _SafetensorsEntry]:
         raise NpuportError(path, f"safetensors header is a JSON {type(header).__name__}, not an object")
     data_start, data_size = 8 + header_len, size - 8 - header_len
     return {
-        name: _parse_entry(path, name, entry, data_start, data_size)
+        name: _parse_entry(path, name, entry, data_start=data_start, data_size=data_size)
         for name, entry in header.items()
         if name != "__metadata__"
     }
 
 
-def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_size: int) -> _SafetensorsEntry:
+def _parse_entry(path: Path, name: str, entry: object, *, data_start: int, data_size: int) -> _SafetensorsEntry:
     if not isinstance(entry, dict):
         raise NpuportError(path, f"tensor {name!r}: header entry is not an object")
     dtype = SAFETENSORS_DTYPES.get(entry.get("dtype"))

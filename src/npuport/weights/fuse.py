@@ -139,6 +139,7 @@ _UNCHECKED = object()
 def fuse_tensor(
     name: str,
     tensor: torch.Tensor,
+    *,
     mode: str,
     group_size: int,
     dtype: str,
@@ -236,6 +237,7 @@ def _fuse_source_tensor(
     source: _SourceFiles,
     writer: BackgroundWriter,
     name: str,
+    *,
     outputs: list[tuple[str, Fold | None]],
     plan: FoldPlan | None,
     mode: str,
@@ -270,7 +272,9 @@ def _fuse_source_tensor(
             nbytes = checkpoint.tensors[name].nbytes
         else:
             loaded = checkpoint.load(name) if loaded is None else loaded
-            tensor, record = fuse_tensor(out_name, loaded, mode, group_size, dtype, fold, found)
+            tensor, record = fuse_tensor(
+                out_name, loaded, mode=mode, group_size=group_size, dtype=dtype, fold=fold, found=found
+            )
             writer.write(out_name, tensor)
             out_dtype, nbytes = tensor.dtype, _tensor_bytes(tensor)
         if plan is not None:
@@ -283,6 +287,7 @@ def _fuse_source_tensor(
 def _write_weights(
     checkpoint: Checkpoint,
     staging: Path,
+    *,
     plan: FoldPlan | None,
     mode: str,
     group_size: int,
@@ -303,8 +308,10 @@ def _write_weights(
                     dropped = f"dropped (tied to {plan.embed}; the head is derived from it)"
                     records.append({"name": name, "action": dropped})
                     continue
-                written, copied = _fuse_source_tensor(checkpoint, source, writer, name, outputs[name], plan, mode,
-                                                      group_size, dtype)  # fmt: skip
+                written, copied = _fuse_source_tensor(
+                    checkpoint, source, writer, name,
+                    outputs=outputs[name], plan=plan, mode=mode, group_size=group_size, dtype=dtype,
+                )  # fmt: skip
                 records += written
                 byte_copied += copied
             index = writer.finish()
@@ -330,6 +337,7 @@ def fuse(
     config: dict,
     introspection: dict,
     target: str | Path,
+    *,
     mode: str = "auto",
     group_size: int = 128,
     max_shard_size: int = 2 * 10**9,
@@ -354,8 +362,9 @@ def fuse(
         # The tokenizer was checked against this config by repair_config (npuport.weights.tokenizer_check), before fuse.
         write_json(staging / "config.json", config)
         side_files = copy_side_files(download_dir, staging, set(left_out))
-        records, index, byte_copied = _write_weights(checkpoint, staging, plan, mode, group_size, dtype,
-                                                     max_shard_size)  # fmt: skip
+        records, index, byte_copied = _write_weights(
+            checkpoint, staging, plan=plan, mode=mode, group_size=group_size, dtype=dtype, max_shard_size=max_shard_size
+        )
         # --- end MiniCPM hook
         linears = [r for r in records if "ternary" in r]
         document = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -15,6 +16,8 @@ from typing import TypeVar
 
 from npuport.core.atomic import read_json, write_json
 from npuport.core.errors import NpuportError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -84,9 +87,7 @@ def with_retries(attempt: Callable[[], T], policy: Policy, what: str, cache: Pat
             delay = min(policy.backoff_s * 2**number, _MAX_BACKOFF_S)
             if policy.remaining() <= delay:
                 raise policy.timed_out(what, cache) from None
-            print(
-                f"download: attempt {number + 1} failed ({exc}); retrying in {delay:g} s", file=sys.stderr, flush=True
-            )
+            log.warning("attempt %d failed (%s); retrying in %g s", number + 1, exc, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -146,7 +147,7 @@ def _pump(stream, tail: bytearray) -> None:
     stream.close()
 
 
-def run_worker(kind: str, request: dict, policy: Policy, what: str, cache: Path, env: dict | None = None) -> dict:
+def run_worker(kind: str, request: dict, *, policy: Policy, what: str, cache: Path, env: dict | None = None) -> dict:
     """Run ``fetch_in_worker(request)`` of source ``kind`` in a child interpreter (killable at the deadline).
 
     Returns its value; a transient failure raises TransientError, any other NpuportError.

@@ -9,10 +9,10 @@ LFS files against the sha256 of their pointer, the others against their git blob
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 
 from npuport.core.errors import NpuportError
@@ -25,6 +25,8 @@ from npuport.download.sources.common import (
     with_retries,
     without_credentials,
 )
+
+log = logging.getLogger(__name__)
 
 LFS_POINTER_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 _POINTER_MAX_BYTES = 1024
@@ -128,7 +130,7 @@ def _update(git: _Git, url: str, revision: str) -> bool:
         if code == 0:
             return False
         if _resolve(git, revision) is not None:
-            print(f"download: fetch failed, using the clone already in the cache: {_last_lines(out)}", file=sys.stderr)
+            log.warning("fetch failed, using the clone already in the cache: %s", _last_lines(out))
             return True
         return with_retries(lambda: _fetch(git), git.policy, git.what, git.cache)
     shutil.rmtree(git.repo, ignore_errors=True)
@@ -176,7 +178,7 @@ def _tree(git: _Git, commit: str) -> dict[str, dict]:
         mode, kind, oid, size = meta.split()
         name = path.decode("utf-8", "surrogateescape")
         if kind != b"blob":  # a submodule: not part of a checkpoint
-            print(f"download: skipping submodule {name}", file=sys.stderr)
+            log.info("skipping submodule %s", name)
             continue
         safe_relpath(name)
         entries[name] = {"size": int(size), "sha256": None, "git_oid": oid.decode(), "mode": mode.decode()}

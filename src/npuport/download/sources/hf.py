@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 
 from npuport.core.atomic import read_json, write_json
@@ -28,6 +28,8 @@ from npuport.download.sources.common import (
     with_retries,
     without_credentials,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 
@@ -48,7 +50,9 @@ def fetch(source: dict, cache: Path, policy: Policy) -> Fetched:
     # byte progress bars are on although the log is no terminal, refreshed every few seconds.
     env = {"HF_XET_CACHE": str(cache / "xet"), "TQDM_POSITION": "-1", "TQDM_MININTERVAL": "5"}
     env = {key: os.environ.get(key) or value for key, value in env.items()}
-    value = with_retries(lambda: run_worker("hf", request, policy, what, cache, env), policy, what, cache)
+    value = with_retries(
+        lambda: run_worker("hf", request, policy=policy, what=what, cache=cache, env=env), policy, what, cache
+    )
     files = {f["path"]: {k: f[k] for k in ("size", "sha256", "git_oid")} for f in value["files"]}
     resolved = {
         "kind": "hf",
@@ -82,7 +86,7 @@ def fetch_in_worker(request: dict) -> dict:
     source, endpoint, cache = request["source"], request["endpoint"], Path(request["cache"])
     repo_id, revision = source["repo_id"], source.get("revision", "main")
     token = os.environ.get("HF_TOKEN") or None
-    plan, offline = _plan(repo_id, revision, endpoint, token, cache)
+    plan, offline = _plan(repo_id, revision, endpoint=endpoint, token=token, cache=cache)
     names = list(
         filter_repo_objects(
             [e["path"] for e in plan["tree"]],
@@ -109,7 +113,7 @@ def fetch_in_worker(request: dict) -> dict:
     return {"root": root, "commit": plan["commit"], "offline": offline, "files": files}
 
 
-def _plan(repo_id: str, revision: str, endpoint: str, token: str | None, cache: Path) -> tuple[dict, bool]:
+def _plan(repo_id: str, revision: str, *, endpoint: str, token: str | None, cache: Path) -> tuple[dict, bool]:
     """The commit and file listing of ``revision``: from the hub, else (network down) the one saved last time."""
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
@@ -128,12 +132,10 @@ def _plan(repo_id: str, revision: str, endpoint: str, token: str | None, cache: 
         if not (is_transient(exc) or _is_offline(exc)) or not saved.exists():
             raise
         plan = read_json(saved)
-        print(
-            f"download: {endpoint} unreachable ({type(exc).__name__}); using the listing of {repo_id}@{revision} "
-            f"saved when it resolved to {plan['commit']}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning(
+            "%s unreachable (%s); using the listing of %s@%s saved when it resolved to %s",
+            endpoint, type(exc).__name__, repo_id, revision, plan["commit"],
+        )  # fmt: skip
         return plan, True
     plan = {"repo_id": repo_id, "revision": revision, "commit": commit, "tree": tree}
     write_json(saved, plan)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
-import sys
 from pathlib import Path
 
 from npuport.core.atomic import read_json, write_json
@@ -28,6 +28,8 @@ from npuport.download.sources.common import (
     with_retries,
     without_credentials,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://modelscope.cn"
 DEFAULT_REVISION = "master"
@@ -48,7 +50,9 @@ def fetch(source: dict, cache: Path, policy: Policy) -> Fetched:
     require_sdk(what)
     endpoint = (os.environ.get("MODELSCOPE_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     request = {"source": source, "endpoint": endpoint, "cache": str(cache)}
-    value = with_retries(lambda: run_worker("modelscope", request, policy, what, cache), policy, what, cache)
+    value = with_retries(
+        lambda: run_worker("modelscope", request, policy=policy, what=what, cache=cache), policy, what, cache
+    )
     files = {f["path"]: {"size": f["size"], "sha256": f["sha256"], "git_oid": None} for f in value["files"]}
     commit = revision if re.fullmatch(r"[0-9a-f]{40}", revision) else None
     resolved = {
@@ -102,7 +106,7 @@ def _listing(api, model_id: str, revision: str, cache: Path) -> tuple[list[dict]
     except Exception as exc:
         if not is_transient(exc) or not saved.exists():
             raise
-        print(f"download: ModelScope unreachable ({type(exc).__name__}); using the saved listing", file=sys.stderr)
+        log.warning("ModelScope unreachable (%s); using the saved listing", type(exc).__name__)
         return read_json(saved)["files"], True
     files = [{"path": f.path, "size": f.size, "sha256": f.sha256 or None} for f in listed if not f.is_dir]
     write_json(saved, {"model_id": model_id, "revision": revision, "files": files})
