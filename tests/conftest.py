@@ -1,4 +1,8 @@
-"""Shared fixtures: copies of the workflow in temp dirs, run with the real Snakemake."""
+"""Shared fixtures: copies of the workflow in temp dirs, run with the real Snakemake.
+
+Before anything runs, the session checks that ``npuport`` is this checkout's ``src/npuport``: an
+editable install of another clone in the same environment would otherwise test that clone's code.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,31 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # What a workflow copy needs; results/, logs/ and .snakemake/ start empty.
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources", "profiles", "envs")
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources", "profiles", "envs", ".test")
+# Integration scenarios (.test/<name>/config.yaml, see .test/README.md).
+SCENARIOS = tuple(sorted(p.parent.name for p in (REPO / ".test").glob("*/config.yaml")))
+
+
+def foreign_import(module_file: str | Path, repo: Path) -> str | None:
+    """Why ``npuport`` imported from ``module_file`` (its ``__init__.py``) is not ``repo``'s
+    ``src/npuport``; None when it is."""
+    expected = (Path(repo) / "src" / "npuport").resolve()
+    found = Path(module_file).resolve().parent
+    if found == expected:
+        return None
+    return (
+        f"npuport is imported from {found}, not from this checkout's {expected}: the tests would run "
+        f"another copy's code (an editable install of another clone?). Install this one: "
+        f"{sys.executable} -m pip install -e {Path(repo).resolve()}"
+    )
+
+
+def pytest_sessionstart(session):
+    import npuport
+
+    problem = foreign_import(npuport.__file__, REPO)
+    if problem:
+        pytest.exit(problem, returncode=pytest.ExitCode.USAGE_ERROR)
 
 
 def copy_workflow(target: Path) -> Path:
@@ -28,6 +56,14 @@ def copy_workflow(target: Path) -> Path:
         else:
             shutil.copy2(src, target / part)
     return target
+
+
+def scenario_config(name: str, root: Path = REPO) -> Path:
+    """``.test/<name>/config.yaml`` under ``root`` (the repo, or a workflow copy: its paths are relative
+    to the workflow directory either way)."""
+    if name not in SCENARIOS:
+        raise KeyError(f"no scenario {name!r} in {REPO / '.test'} (known: {', '.join(SCENARIOS)})")
+    return Path(root) / ".test" / name / "config.yaml"
 
 
 def run_snakemake(workdir: Path, *args: str, env: dict | None = None, check: bool = True, timeout: int = 1500):
@@ -58,3 +94,12 @@ def planned_rules(workdir: Path, *args: str) -> dict[str, int]:
 @pytest.fixture
 def workflow_copy(tmp_path):
     return copy_workflow(tmp_path / "wf")
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory):
+    """One full `snakemake report` on the default config: the suite's one pipeline engine start.
+    Every test file that needs the default run's artifacts shares this one."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("default") / "wf")
+    run_snakemake(workdir, "report")
+    return workdir

@@ -142,191 +142,196 @@ _MS_FILES = re.compile(r"^/api/v1/models/(?P<repo>[^/]+/[^/]+)/repo/files$")
 _MS_FILE = re.compile(r"^/api/v1/models/(?P<repo>[^/]+/[^/]+)/repo$")
 
 
-def _handler_for(server: HubServer):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+class _Handler(BaseHTTPRequestHandler):
+    """One request to the fake hub; ``hub`` is the HubServer it serves (set per server by _handler_for)."""
 
-        def log_message(self, *args):  # keep pytest output clean; requests are in server.requests
-            pass
+    protocol_version = "HTTP/1.1"
+    hub: HubServer
 
-        def do_HEAD(self):
-            self._route(head=True)
+    def log_message(self, *args):  # keep pytest output clean; requests are in self.hub.requests
+        pass
 
-        def do_GET(self):
-            self._route(head=False)
+    def do_HEAD(self):
+        self._route(head=True)
 
-        # -- plumbing ---------------------------------------------------------------------------
-        def _route(self, head: bool) -> None:
-            url = urlsplit(self.path)
-            path, query = unquote(url.path), parse_qs(url.query)
-            entry = {"method": self.command, "path": path, "query": url.query, "range": self.headers.get("Range")}
-            entry["authorization"] = self.headers.get("Authorization")
-            self._head = head
-            for route, pattern, handler in self._routes():
-                match = pattern.match(path)
-                if match:
-                    repo = server.repos.get(match["repo"])
-                    entry |= {
-                        "route": route,
-                        "file": match.groupdict().get("path") or (query.get("FilePath") or [None])[0],
-                    }
-                    server.log(**entry)
-                    if repo is None:
-                        return self._error(404, "RepoNotFound")
-                    if repo.token and self.headers.get("Authorization") != f"Bearer {repo.token}" and route != "cdn":
-                        return self._error(401, "RepoNotFound")
-                    status = server.take_fault(server.faults.fail_status, entry["file"] or route)
-                    if status:
-                        return self._error(status, None)
-                    return handler(repo, match, query, head)
-            server.log(**entry)
-            self._error(404, None)
+    def do_GET(self):
+        self._route(head=False)
 
-        def _routes(self):
-            return [
-                ("hf_info", _HF_INFO, self._hf_info),
-                ("hf_tree", _HF_TREE, self._hf_tree),
-                ("hf_resolve", _HF_RESOLVE, self._hf_resolve),
-                ("cdn", _CDN, self._cdn),
-                ("ms_info", _MS_INFO, self._ms_info),
-                ("ms_revisions", _MS_REVISIONS, self._ms_revisions),
-                ("ms_files", _MS_FILES, self._ms_files),
-                ("ms_file", _MS_FILE, self._ms_file),
-            ]
+    # -- plumbing ---------------------------------------------------------------------------
+    def _route(self, head: bool) -> None:
+        url = urlsplit(self.path)
+        path, query = unquote(url.path), parse_qs(url.query)
+        entry = {"method": self.command, "path": path, "query": url.query, "range": self.headers.get("Range")}
+        entry["authorization"] = self.headers.get("Authorization")
+        self._head = head
+        for route, pattern, handler in self._routes():
+            match = pattern.match(path)
+            if match:
+                repo = self.hub.repos.get(match["repo"])
+                entry |= {
+                    "route": route,
+                    "file": match.groupdict().get("path") or (query.get("FilePath") or [None])[0],
+                }
+                self.hub.log(**entry)
+                if repo is None:
+                    return self._error(404, "RepoNotFound")
+                if repo.token and self.headers.get("Authorization") != f"Bearer {repo.token}" and route != "cdn":
+                    return self._error(401, "RepoNotFound")
+                status = self.hub.take_fault(self.hub.faults.fail_status, entry["file"] or route)
+                if status:
+                    return self._error(status, None)
+                return handler(repo, match, query, head)
+        self.hub.log(**entry)
+        self._error(404, None)
 
-        def _error(self, status: int, code: str | None) -> None:
-            body = json.dumps({"error": code or "error"}).encode()
-            self.send_response(status)
-            if code:
-                self.send_header("X-Error-Code", code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if not self._head:
-                self.wfile.write(body)
+    def _routes(self):
+        return [
+            ("hf_info", _HF_INFO, self._hf_info),
+            ("hf_tree", _HF_TREE, self._hf_tree),
+            ("hf_resolve", _HF_RESOLVE, self._hf_resolve),
+            ("cdn", _CDN, self._cdn),
+            ("ms_info", _MS_INFO, self._ms_info),
+            ("ms_revisions", _MS_REVISIONS, self._ms_revisions),
+            ("ms_files", _MS_FILES, self._ms_files),
+            ("ms_file", _MS_FILE, self._ms_file),
+        ]
 
-        def _json(self, document, head: bool = False, headers: dict | None = None) -> None:
-            body = json.dumps(document).encode()
-            self.send_response(200)
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if not head:
-                self.wfile.write(body)
-
-        def _bytes(self, name: str, data: bytes, head: bool, headers: dict) -> None:
-            """Serve ``data`` honouring "Range: bytes=N-"; apply the file's faults on GET."""
-            start = 0
-            match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
-            if match and not head:
-                start = int(match[1])
-                if start >= len(data):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(data)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-            if not head and (stall := server.faults.stall_s.get(name)):
-                time.sleep(stall)
-            body = data[start:]
-            self.send_response(206 if start else 200)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            if start:
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            if head:
-                return
-            cut = None if start else server.take_fault(server.faults.drop_after, name)
-            if cut is not None:
-                self.wfile.write(body[:cut])
-                self.wfile.flush()
-                self.close_connection = True
-                return
+    def _error(self, status: int, code: str | None) -> None:
+        body = json.dumps({"error": code or "error"}).encode()
+        self.send_response(status)
+        if code:
+            self.send_header("X-Error-Code", code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not self._head:
             self.wfile.write(body)
 
-        def _resolved(self, repo: FakeRepo, rev: str) -> bool:
-            return rev in repo.revisions or rev == repo.commit
+    def _json(self, document, head: bool = False, headers: dict | None = None) -> None:
+        body = json.dumps(document).encode()
+        self.send_response(200)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
 
-        # -- Hugging Face -----------------------------------------------------------------------
-        def _hf_info(self, repo, match, query, head):
-            if not self._resolved(repo, match["rev"]):
-                return self._error(404, "RevisionNotFound")
-            siblings = [{"rfilename": p} for p in sorted(repo.files)]
-            self._json({"id": repo.repo_id, "sha": repo.commit, "siblings": siblings, "private": bool(repo.token)})
+    def _bytes(self, name: str, data: bytes, head: bool, headers: dict) -> None:
+        """Serve ``data`` honouring "Range: bytes=N-"; apply the file's faults on GET."""
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range") or "")
+        if match and not head:
+            start = int(match[1])
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        if not head and (stall := self.hub.faults.stall_s.get(name)):
+            time.sleep(stall)
+        body = data[start:]
+        self.send_response(206 if start else 200)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if head:
+            return
+        cut = None if start else self.hub.take_fault(self.hub.faults.drop_after, name)
+        if cut is not None:
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.wfile.write(body)
 
-        def _hf_tree(self, repo, match, query, head):
-            if not self._resolved(repo, match["rev"]):
-                return self._error(404, "RevisionNotFound")
-            self._json(repo.hf_tree())
+    def _resolved(self, repo: FakeRepo, rev: str) -> bool:
+        return rev in repo.revisions or rev == repo.commit
 
-        def _hf_resolve(self, repo, match, query, head):
-            name = match["path"]
-            if not self._resolved(repo, match["rev"]):
-                return self._error(404, "RevisionNotFound")
-            if name not in repo.files:
-                return self._error(404, "EntryNotFound")
-            data = repo.files[name]
-            headers = {"X-Repo-Commit": repo.commit}
-            if not repo.is_lfs(name):
-                headers["ETag"] = f'"{git_blob_oid(data)}"'
-                return self._bytes(name, data, head, headers)
-            # LFS: the hub answers with a redirect to a CDN host, the metadata on the redirect itself.
-            headers |= {"ETag": f'"{git_blob_oid(lfs_pointer(data))}"', "X-Linked-Size": str(len(data))}
-            headers["X-Linked-Etag"] = f'"{repo.sha256(name)}"'
-            self.send_response(302)
-            for key, value in headers.items():
-                self.send_header(key, value)
-            self.send_header("Location", f"http://localhost:{server.port}/cdn/{repo.repo_id}/{quote(name)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
+    # -- Hugging Face -----------------------------------------------------------------------
+    def _hf_info(self, repo, match, query, head):
+        if not self._resolved(repo, match["rev"]):
+            return self._error(404, "RevisionNotFound")
+        siblings = [{"rfilename": p} for p in sorted(repo.files)]
+        self._json({"id": repo.repo_id, "sha": repo.commit, "siblings": siblings, "private": bool(repo.token)})
 
-        def _cdn(self, repo, match, query, head):
-            name = match["path"]
-            if name not in repo.files:
-                return self._error(404, None)
-            self._bytes(name, repo.files[name], head, {"ETag": f'"{repo.sha256(name)}"'})
+    def _hf_tree(self, repo, match, query, head):
+        if not self._resolved(repo, match["rev"]):
+            return self._error(404, "RevisionNotFound")
+        self._json(repo.hf_tree())
 
-        # -- ModelScope -------------------------------------------------------------------------
-        def _ms_envelope(self, data, head=False):
-            self._json({"Code": 200, "Success": True, "Message": "success", "Data": data}, head)
+    def _hf_resolve(self, repo, match, query, head):
+        name = match["path"]
+        if not self._resolved(repo, match["rev"]):
+            return self._error(404, "RevisionNotFound")
+        if name not in repo.files:
+            return self._error(404, "EntryNotFound")
+        data = repo.files[name]
+        headers = {"X-Repo-Commit": repo.commit}
+        if not repo.is_lfs(name):
+            headers["ETag"] = f'"{git_blob_oid(data)}"'
+            return self._bytes(name, data, head, headers)
+        # LFS: the hub answers with a redirect to a CDN host, the metadata on the redirect itself.
+        headers |= {"ETag": f'"{git_blob_oid(lfs_pointer(data))}"', "X-Linked-Size": str(len(data))}
+        headers["X-Linked-Etag"] = f'"{repo.sha256(name)}"'
+        self.send_response(302)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Location", f"http://localhost:{self.hub.port}/cdn/{repo.repo_id}/{quote(name)}")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
-        def _ms_info(self, repo, match, query, head):
-            owner, name = repo.repo_id.split("/")
-            self._ms_envelope({"Id": 1, "Name": name, "Path": owner, "ModelId": repo.repo_id, "Revision": "master"})
+    def _cdn(self, repo, match, query, head):
+        name = match["path"]
+        if name not in repo.files:
+            return self._error(404, None)
+        self._bytes(name, repo.files[name], head, {"ETag": f'"{repo.sha256(name)}"'})
 
-        def _ms_revisions(self, repo, match, query, head):
-            branches = [{"Revision": r, "CommitId": repo.commit} for r in repo.revisions]
-            self._ms_envelope({"RevisionMap": {"Branches": branches, "Tags": []}})
+    # -- ModelScope -------------------------------------------------------------------------
+    def _ms_envelope(self, data, head=False):
+        self._json({"Code": 200, "Success": True, "Message": "success", "Data": data}, head)
 
-        def _ms_files(self, repo, match, query, head):
-            rev = (query.get("Revision") or ["master"])[0]
-            if not self._resolved(repo, rev):
-                return self._error(404, None)
-            files = [
-                {
-                    "Name": p.rsplit("/", 1)[-1],
-                    "Path": p,
-                    "Type": "blob",
-                    "Size": len(repo.files.get(p, b"")),
-                    "Sha256": repo.sha256(p) if p in repo.files else "",
-                    "Revision": repo.commit,
-                    "IsLFS": repo.is_lfs(p),
-                }
-                for p in sorted(repo.files) + list(repo.extra_listing)
-            ]
-            self._ms_envelope({"Files": files})
+    def _ms_info(self, repo, match, query, head):
+        owner, name = repo.repo_id.split("/")
+        self._ms_envelope({"Id": 1, "Name": name, "Path": owner, "ModelId": repo.repo_id, "Revision": "master"})
 
-        def _ms_file(self, repo, match, query, head):
-            name = (query.get("FilePath") or [""])[0]
-            rev = (query.get("Revision") or ["master"])[0]
-            if name not in repo.files or not self._resolved(repo, rev):
-                return self._error(404, None)
-            self._bytes(name, repo.files[name], head, {"ETag": f'"{repo.sha256(name)}"'})
+    def _ms_revisions(self, repo, match, query, head):
+        branches = [{"Revision": r, "CommitId": repo.commit} for r in repo.revisions]
+        self._ms_envelope({"RevisionMap": {"Branches": branches, "Tags": []}})
 
-    return Handler
+    def _ms_files(self, repo, match, query, head):
+        rev = (query.get("Revision") or ["master"])[0]
+        if not self._resolved(repo, rev):
+            return self._error(404, None)
+        files = [
+            {
+                "Name": p.rsplit("/", 1)[-1],
+                "Path": p,
+                "Type": "blob",
+                "Size": len(repo.files.get(p, b"")),
+                "Sha256": repo.sha256(p) if p in repo.files else "",
+                "Revision": repo.commit,
+                "IsLFS": repo.is_lfs(p),
+            }
+            for p in sorted(repo.files) + list(repo.extra_listing)
+        ]
+        self._ms_envelope({"Files": files})
+
+    def _ms_file(self, repo, match, query, head):
+        name = (query.get("FilePath") or [""])[0]
+        rev = (query.get("Revision") or ["master"])[0]
+        if name not in repo.files or not self._resolved(repo, rev):
+            return self._error(404, None)
+        self._bytes(name, repo.files[name], head, {"ETag": f'"{repo.sha256(name)}"'})
+
+
+def _handler_for(hub: HubServer) -> type[_Handler]:
+    """The handler class of one HubServer: the routes of _Handler, answering from that server's repos and faults."""
+    return type("Handler", (_Handler,), {"hub": hub})

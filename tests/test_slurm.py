@@ -20,23 +20,15 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import copy_workflow, run_snakemake
+import yaml
+from conftest import copy_workflow, run_snakemake, scenario_config
 from slurm_cluster import SlurmUnavailable, check_host, start_cluster
 
 pytestmark = pytest.mark.e2e
 
 MODELS = ("tiny-a", "tiny-b")
-TEST_CONFIG = """\
-models:
-  - name: tiny-a
-    source: {kind: local, path: resources/tiny-bitcpm}
-  - name: tiny-b
-    source: {kind: local, path: resources/tiny-bitcpm}
-accelerator: {resource: npu}
-serve: {enabled: false}
-generation: {max_tokens: 16}
-engine: {gpu_memory_utilization: 0.1}
-"""
+# Scenario .test/two-models: the embedded model under these two names, engine stages holding `npu`.
+TEST_CONFIG = ".test/two-models/config.yaml"
 # What the profile asks for, per rule (scontrol's view of the submitted job).
 EXPECTED_LIMITS = {
     "download": ("04:00:00", "2000M"),
@@ -96,12 +88,14 @@ def cluster(tmp_path_factory):
 def slurm_run(cluster, tmp_path_factory):
     """`snakemake --profile profiles/slurm report` on two models; (workdir, snakemake output, job id -> rule)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("slurm") / "wf")
-    (workdir / "slurm-test.yaml").write_text(TEST_CONFIG, encoding="utf-8")
+    config = scenario_config("two-models", workdir)
+    assert config == workdir / TEST_CONFIG
+    assert [m["name"] for m in yaml.safe_load(config.read_text(encoding="utf-8"))["models"]] == list(MODELS)
     args = [
         "--profile",
         "profiles/slurm",
         "--configfile",
-        "slurm-test.yaml",
+        TEST_CONFIG,
         # This cluster has no accounting database: job states come from squeue (MinJobAge covers it).
         "--slurm-status-command",
         "squeue",
@@ -193,9 +187,8 @@ def digests(results: Path) -> dict[str, str]:
 def test_artifacts_equal_a_local_run(slurm_run, tmp_path):
     slurm_workdir, _, _ = slurm_run
     local = copy_workflow(tmp_path / "local")
-    (local / "slurm-test.yaml").write_text(TEST_CONFIG, encoding="utf-8")
     targets = [f"results/{model}/{name}" for model in MODELS for name in ("model", "repair.json")]
-    run_snakemake(local, *targets, "--configfile", "slurm-test.yaml")
+    run_snakemake(local, *targets, "--configfile", TEST_CONFIG)
     for model in MODELS:
         expected = digests(local / "results" / model)
         assert len(expected) > 10 and any(name.endswith(".safetensors") for name in expected)

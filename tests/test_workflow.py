@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 
 import pytest
-from conftest import copy_workflow, planned_rules, run_snakemake
+from conftest import planned_rules, run_snakemake, scenario_config
 from safetensors.torch import load_file, save_file
 
 from npuport.compare.compare import compare
@@ -22,16 +23,16 @@ DOWNSTREAM_OF_ENGINES = {"smoke", "baseline", "compare", "report_model", "report
 WRONG_FIELDS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"}
 
 
+# A line each stage's log has (the other stages' logs may be empty).
+LOG_SAYS = {"env_probe": "platform: cpu", "fuse": "fuse:", "smoke": "throughput:", "baseline": "throughput:"}
+
+
 def _json(workdir, path):
     return json.loads((workdir / "results" / "tiny-bitcpm" / path).read_text(encoding="utf-8"))
 
 
-@pytest.fixture(scope="session")
-def default_run(tmp_path_factory):
-    """One full `snakemake report` on the default config: the suite's one pipeline engine start."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("default") / "wf")
-    run_snakemake(workdir, "report")
-    return workdir
+def _sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_every_artifact_produced(default_run):
@@ -56,6 +57,44 @@ def test_every_artifact_produced(default_run):
     assert (default_run / "results" / "report.md").is_file()
     assert (model / "report.md").is_file() and (model / "report.json").is_file()
     assert len(list((model / "plots").glob("*.png"))) >= 2
+    # ... and each holds what it should, not just something
+    for rule in ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare"):
+        header, *rows = (model / "benchmarks" / f"{rule}.tsv").read_text(encoding="utf-8").splitlines()
+        assert header.startswith("s\th:m:s\tmax_rss") and len(rows) == 1 and float(rows[0].split("\t")[0]) >= 0, rule
+    for rule, line in LOG_SAYS.items():
+        assert line in (default_run / "logs" / "tiny-bitcpm" / f"{rule}.log").read_text(encoding="utf-8"), rule
+    assert "tiny-bitcpm" in (default_run / "results" / "report.md").read_text(encoding="utf-8")
+    assert (model / "report.md").read_text(encoding="utf-8").startswith("# tiny-bitcpm")
+    for plot in (model / "plots").glob("*.png"):
+        assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n"), plot
+
+
+def test_every_json_artifact_holds_its_key_fields(default_run):
+    model = default_run / "results" / "tiny-bitcpm"
+    source = default_run / "resources" / "tiny-bitcpm"
+    source_files = {p.name: p for p in source.iterdir() if p.is_file()}
+    manifest = _json(default_run, "download/manifest.json")
+    assert {f["path"]: (f["bytes"], f["sha256"]) for f in manifest["files"]} == {
+        name: (p.stat().st_size, _sha256(p)) for name, p in source_files.items()
+    }
+    assert manifest["total_bytes"] == sum(p.stat().st_size for p in source_files.values())
+    assert manifest["source"] == {"kind": "local", "path": "resources/tiny-bitcpm"}
+    assert _json(default_run, "introspect.json")["checkpoint"] == {"format": "bin", "files": ["pytorch_model.bin"]}
+    assert _json(default_run, "config.json")["architectures"] == ["LlamaForCausalLM"]
+    assert _json(default_run, "repair.json")["transformers_config_class"] == "LlamaConfig"
+    fuse = _json(default_run, "model/fuse.json")
+    index = _json(default_run, "model/model.safetensors.index.json")
+    assert index["weight_map"] and sorted(set(index["weight_map"].values())) == fuse["shards"]
+    assert index["metadata"]["total_size"] == fuse["total_bytes"] > 0
+    assert all((model / "model" / shard).is_file() for shard in fuse["shards"])
+    assert _sha256(model / "model" / "tokenizer.json") == _sha256(source / "tokenizer.json")  # copied unchanged
+    assert _json(default_run, "env.json")["platform"] == "cpu"
+    assert _json(default_run, "smoke.json")["status"] == "ok"
+    assert _json(default_run, "baseline.json")["status"] == "ok"
+    assert _json(default_run, "compare.json")["status"] == "passed"
+    report = _json(default_run, "report.json")
+    assert (report["model"], report["status"]) == ("tiny-bitcpm", "passed")
+    assert report["counts"]["failed"] == 0
 
 
 def test_introspection_finds_the_wrong_config_fields(default_run):
@@ -115,6 +154,14 @@ def test_second_run_has_nothing_to_do(default_run):
     assert planned_rules(default_run) == {}
 
 
+def test_default_scenario_is_the_default_run(default_run):
+    """.test/default/config.yaml asks for what the default config ran: no stage reruns, only the reports
+    (their rerun commands name the config files, a param of report_model)."""
+    config = scenario_config("default", default_run).relative_to(default_run)
+    reports_only = {"report_model": 1, "report_index": 1, "report": 1}
+    assert planned_rules(default_run, "--configfile", str(config)) == reports_only
+
+
 def _with_config(workdir, tmp_path, edit):
     text = (workdir / "config" / "config.yaml").read_text(encoding="utf-8")
     changed = tmp_path / "changed.yaml"
@@ -171,6 +218,8 @@ def test_config_failing_schema_is_refused_in_one_line(workflow_copy, tmp_path, c
 def test_unknown_model_target_is_refused(workflow_copy):
     result = run_snakemake(workflow_copy, "-n", "results/no-such-model/introspect.json", check=False)
     assert result.returncode != 0
+    # the model wildcard only matches configured names: no rule produces another model's files
+    assert "No rule to produce results/no-such-model/introspect.json" in result.stdout, result.stdout[-2000:]
 
 
 def test_broken_tokenizer_stops_the_run_before_fuse(workflow_copy):
@@ -213,12 +262,14 @@ def test_perturbed_reference_weights_fail_the_comparison(default_run, tmp_path):
     assert "max_text_mean_abs_logprob_diff" in failed, document["checks"]
 
 
-def test_workflow_completes_when_vllm_is_unavailable(workflow_copy, tmp_path):
-    """No importable vLLM: smoke says "not run" with the reason, and everything after it still completes."""
-    shim = tmp_path / "shim"
-    (shim / "vllm").mkdir(parents=True)
-    (shim / "vllm" / "__init__.py").write_text('raise ImportError("vllm is blocked by the test")\n')
-    run_snakemake(workflow_copy, "report", env={"PYTHONPATH": str(shim)})
+def test_workflow_completes_when_vllm_is_unavailable(workflow_copy):
+    """No importable vLLM: smoke says "not run" with the reason, and everything after it still completes.
+    Scenario .test/engine-unavailable: its shim/ first on PYTHONPATH, where `import vllm` raises."""
+    config = scenario_config("engine-unavailable", workflow_copy)
+    shim = config.parent / "shim"
+    assert "vllm is blocked by the test" in (shim / "vllm" / "__init__.py").read_text()
+    args = ["report", "--configfile", str(config.relative_to(workflow_copy))]
+    run_snakemake(workflow_copy, *args, env={"PYTHONPATH": str(shim)})
     smoke = _json(workflow_copy, "smoke.json")
     assert smoke["status"] == "not run"
     assert "vllm is blocked by the test" in smoke["reason"]
@@ -234,20 +285,10 @@ def test_workflow_completes_when_vllm_is_unavailable(workflow_copy, tmp_path):
 
 
 def test_engine_failure_of_one_model_does_not_stop_the_other(workflow_copy):
-    """Two models, --cores 2: one engine cannot start (bad setting); both runs complete, logs separate."""
-    config = {
-        "models": [
-            {"name": "good", "source": {"kind": "local", "path": "resources/tiny-bitcpm"}},
-            {
-                "name": "bad-engine",
-                "source": {"kind": "local", "path": "resources/tiny-bitcpm"},
-                "engine": {"max_model_len": 1000000},
-            },
-        ],
-        "serve": {"enabled": False},
-    }
-    (workflow_copy / "two.yaml").write_text(json.dumps(config))
-    run_snakemake(workflow_copy, "report", "--configfile", "two.yaml")
+    """Two models, --cores 2: one engine cannot start (bad setting); both runs complete, logs separate.
+    Scenario .test/engine-fails-for-one-model."""
+    config = scenario_config("engine-fails-for-one-model", workflow_copy)
+    run_snakemake(workflow_copy, "report", "--configfile", str(config.relative_to(workflow_copy)))
     results = workflow_copy / "results"
     bad = json.loads((results / "bad-engine" / "smoke.json").read_text())
     assert bad["status"] == "failed"

@@ -6,7 +6,7 @@ from npuport.download.download import download
 
 def main(smk):
     # a local source's relative path is relative to the workflow (two levels above this script)
-    download(smk.params.source, smk.output[0], base_dir=Path(smk.scriptdir).parents[1])
+    download(smk.params.source, smk.output[0], base_dir=Path(smk.scriptdir).resolve().parents[1])
 
 
 if __name__ == "__main__":
