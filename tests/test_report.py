@@ -6,6 +6,7 @@ Expected values are read from the artifacts, never typed in.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
@@ -21,16 +22,21 @@ from npuport.compare import compare as compare_stage
 from npuport.engines.records import document
 from npuport.env.env_probe import diagnose
 from npuport.env.npu_smi import parse_npu_smi_info
-from npuport.report.artifacts import TEMPLATE_DIR, Messages, load_artifacts
+from npuport.report.artifacts import load_artifacts
 from npuport.report.mdtext import NEWLINE_MARK, code, fence, table, text
+from npuport.report.messages import TEMPLATE_DIR, Messages
+from npuport.report.paths import ReportInputs
 from npuport.report.pipeline_cost import stage_costs
 from npuport.report.report_index import write_index
 from npuport.report.report_model import write_report
 from npuport.report.verdicts import FAILED, NOT_MEASURED, PASSED, SYMBOLS, accelerator_verdict, overall_status, verdicts
 
 DATA = Path(__file__).resolve().parent / "data"
+REPORT_PACKAGE = Path(__file__).resolve().parents[1] / "src" / "npuport" / "report"
 BASE = DATA / "artifacts" / "tiny-bitcpm"
 MODEL = "tiny-bitcpm"
+# The stages whose benchmark files and outputs the report_model rule declares, in pipeline order.
+STAGES = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare")
 NPU_SMI = DATA / "npu-smi" / "910b3-8npu-vllm-ascend-3024.txt"
 NASTY = (
     "| a | b |\n# heading\n<script>alert(1)</script> *bold* _it_ `tick` ```fence``` [x](javascript:y) "
@@ -58,9 +64,42 @@ def artifact_set(tmp_path: Path) -> Path:
     return target
 
 
+def declared_inputs(directory: Path) -> dict:
+    """The report_model rule's inputs for artifacts in ``directory``, as snakemake.input hands them over."""
+    files = (
+        "download",
+        "introspect.json",
+        "config.json",
+        "repair.json",
+        "model",
+        "env.json",
+        "smoke.json",
+        "baseline.json",
+        "compare.json",
+    )
+    declared = {name.removesuffix(".json"): str(directory / name) for name in files}
+    return declared | {"benchmarks": [str(directory / "benchmarks" / f"{stage}.tsv") for stage in STAGES]}
+
+
+def declared_outputs(directory: Path) -> dict:
+    return {"report": directory / "report.md", "plots": directory / "plots", "summary": directory / "report.json"}
+
+
+def stage_targets(directory: Path) -> list[tuple[str, str]]:
+    """(artifact, rule) per stage output, as the rule's params give them, and the report's own row (the script's)."""
+    inputs = declared_inputs(directory)
+    rules = {"config": "repair_config", "repair": "repair_config", "model": "fuse", "env": "env_probe"}
+    targets = [(inputs[name], rules.get(name, name)) for name in inputs if name != "benchmarks"]
+    return targets + [(str(directory / "report.md"), "report_model")]
+
+
 def render(directory: Path, language: str = "en") -> tuple[str, Report]:
     markdown = write_report(
-        MODEL, directory, directory / "report.md", directory / "plots", directory / "report.json", language
+        MODEL,
+        inputs=declared_inputs(directory),
+        outputs=declared_outputs(directory),
+        language=language,
+        stage_targets=stage_targets(directory),
     )
     assert (directory / "report.md").read_text(encoding="utf-8") == markdown
     return markdown, Report(markdown)
@@ -134,9 +173,15 @@ def number(cell: str) -> float:
     return float(match.group().replace(",", ""))
 
 
-def close(shown: float, value: float, significant: int = 3) -> bool:
-    """``shown`` is ``value`` rounded to ``significant`` digits (or to the shown decimals, whichever is coarser)."""
-    return math.isclose(shown, value, rel_tol=10 ** (1 - significant), abs_tol=5e-4)
+def close(shown: float, value: float, significant: int = 3, decimals: int | None = None) -> bool:
+    """``shown`` is ``value`` as the report prints it: rounded to ``significant`` digits (off by at most half a
+    unit of the last one), or, in a cell with a fixed number of ``decimals`` (Formatter.num prints 0.0383 s as
+    "0.038 s"), to those where that is coarser."""
+    exponent = math.floor(math.log10(abs(value))) if value else None
+    half_unit = 0.0 if exponent is None else 0.5 * 10 ** (exponent + 1 - significant)
+    if decimals is not None:
+        half_unit = max(half_unit, 0.5 * 10**-decimals)
+    return abs(shown - value) <= half_unit * (1 + 1e-9)
 
 
 def label(language: str, key: str) -> str:
@@ -231,17 +276,17 @@ def test_outputs_and_performance_equal_the_artifacts(real):
     for shown, record in zip(outputs, smoke["prompts"], strict=True):
         assert shown[label("en", "col.output")] == record["text"].strip()
         assert number(shown[label("en", "col.tokens")]) == record["num_tokens"]
-        assert close(number(shown[label("en", "col.time")]), record["latency_s"])
+        assert close(number(shown[label("en", "col.time")]), record["latency_s"], decimals=3)
     assert [body for _, body in report.fences if body.rstrip("\n") in {r["text"] for r in smoke["prompts"]}]
     perf = {r[label("en", "col.metric")]: r for r in report.table_with(5, label("en", "col.engine"))}
     load_row = perf[label("en", "perf.load")]
-    assert close(number(load_row[label("en", "col.engine")]), smoke["load_seconds"])
-    assert close(number(load_row[label("en", "col.baseline")]), base["load_seconds"])
+    assert close(number(load_row[label("en", "col.engine")]), smoke["load_seconds"], decimals=3)
+    assert close(number(load_row[label("en", "col.baseline")]), base["load_seconds"], decimals=3)
     single = perf[label("en", "perf.single")][label("en", "col.engine")]
-    assert close(number(single), smoke["throughput"]["single"]["tokens_per_s"])
+    assert close(number(single), smoke["throughput"]["single"]["tokens_per_s"], decimals=3)
     assert f"({smoke['throughput']['single']['tokens']} tok" in single
     ttft = sum(p["ttft_s"] for p in smoke["prompts"]) / len(smoke["prompts"])
-    assert close(number(perf[label("en", "perf.ttft")][label("en", "col.engine")]) / 1000, ttft)
+    assert close(number(perf[label("en", "perf.ttft")][label("en", "col.engine")]), ttft * 1000, decimals=3)
     kv = perf[label("en", "perf.kv")][label("en", "col.engine")]
     assert number(kv) == smoke["kv_cache"]["tokens"]
 
@@ -256,6 +301,8 @@ def test_comparison_and_thresholds_equal_the_artifacts(real):
         assert number(shown[label("en", "col.matched")]) == p["matched"]
         assert close(number(shown[label("en", "col.mean_diff")]), p["teacher_forced"]["mean_abs_logprob_diff"], 4)
         assert close(number(shown[label("en", "col.max_diff")]), p["teacher_forced"]["max_abs_logprob_diff"], 4)
+        assert close(number(shown[label("en", "col.kl")]), p["teacher_forced"]["mean_topk_kl"], 4)
+        assert close(number(shown[label("en", "col.top1")]), p["teacher_forced"]["top1_agreement"], 4)
     checks = report.table_with(5, label("en", "col.threshold"))
     assert [c[label("en", "col.threshold")] for c in checks] == [c["threshold"] for c in compare["checks"]]
     for shown, check in zip(checks, compare["checks"], strict=True):
@@ -272,14 +319,30 @@ def test_comparison_and_thresholds_equal_the_artifacts(real):
     assert close(number(ppl[label("en", "acc.ppl_reference")]), compare["overall"]["perplexity_reference"], 4)
 
 
+def test_numbers_are_compared_at_the_printed_precision(real):
+    """close() accepts what the report prints and rejects a value off by more than its last printed digit: the
+    KL values (about 1e-9) must not pass whatever they are."""
+    directory, report = real
+    compare = load(directory, "compare.json")
+    rows = report.table_with(5, label("en", "col.kl"))
+    for shown, p in zip(rows, compare["prompts"], strict=True):
+        kl, printed = p["teacher_forced"]["mean_topk_kl"], number(shown[label("en", "col.kl")])
+        assert close(printed, kl, 4)
+        assert not close(printed, kl * 1.002, 4) and not close(printed, kl * 0.998, 4)
+        assert not close(printed, 0.0, 4) and not close(printed, kl * 10, 4)
+    assert close(0.038, 0.03833, decimals=3) and close(0.038, 0.0384, decimals=3)  # "0.038 s"
+    assert not close(0.038, 0.0386, decimals=3) and not close(0.038, 0.0374, decimals=3)
+    assert close(97.66, 97.6571699712801, 4) and not close(97.66, 97.7, 4)
+
+
 def test_pipeline_cost_table_equals_the_benchmark_files(real):
     directory, report = real
     rows = {r[label("en", "col.stage")]: r for r in report.table_with(10, label("en", "col.stage"))}
     for tsv in (directory / "benchmarks").glob("*.tsv"):
         header, values = tsv.read_text().splitlines()[:2]
         measured = dict(zip(header.split("\t"), values.split("\t"), strict=True))
-        assert close(number(rows[tsv.stem][label("en", "col.wall")]), float(measured["s"]))
-        assert close(number(rows[tsv.stem][label("en", "col.rss")]), float(measured["max_rss"]))
+        assert close(number(rows[tsv.stem][label("en", "col.wall")]), float(measured["s"]), decimals=3)
+        assert close(number(rows[tsv.stem][label("en", "col.rss")]), float(measured["max_rss"]), decimals=3)
 
 
 def test_conclusion_rows_follow_the_artifacts(real):
@@ -312,7 +375,8 @@ def test_conclusion_rows_follow_the_artifacts(real):
     for r in report.table_with(9, "Check"):
         assert r[label("en", "col.evidence")].split(":")[0].endswith(".json")
     summary = load(directory, "report.json")
-    assert summary["status"] == overall_status(verdicts(Messages("en"), load_artifacts(directory)))
+    artifacts = load_artifacts(ReportInputs.from_mapping(declared_inputs(directory)))
+    assert summary["status"] == overall_status(verdicts(Messages("en"), artifacts))
     assert sum(summary["counts"].values()) == len(summary["checks"]) == 10
 
 
@@ -333,6 +397,50 @@ def test_report_names_the_commands_that_reproduce_each_artifact(real):
         assert r[label("en", "col.force")].endswith(f"--forcerun {r[label('en', 'col.rule')]}")
     serve = [body for section, body in report.fences if section.startswith("4. ")]
     assert serve[0].startswith("vllm serve ")
+
+
+# -- the declared paths, and no other ------------------------------------------------------------------------------
+
+
+def string_literals(path: Path) -> list[tuple[int, str]]:
+    """Every string constant in a module (f-string parts and docstrings included), with its line."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    return [(n.lineno, n.value) for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+
+
+def test_report_code_builds_no_results_path():
+    modules = sorted(REPORT_PACKAGE.rglob("*.py"))
+    assert len(modules) > 10 and REPORT_PACKAGE / "sections" / "architecture.py" in modules
+    found = [
+        f"{p.relative_to(REPORT_PACKAGE)}:{line}: {value!r}" for p in modules for line, value in string_literals(p)
+    ]
+    assert [hit for hit in found if "results/" in hit.split(": ", 1)[1]] == []
+
+
+def test_report_reads_and_names_only_the_paths_it_is_given(tmp_path, monkeypatch):
+    """Artifacts under elsewhere/, not results/: every path the report shows is one it was given, and a file
+    beside the artifacts that no input declares (an extra benchmark) is not read."""
+    monkeypatch.chdir(tmp_path)
+    directory = Path("elsewhere") / "run-1" / MODEL
+    shutil.copytree(BASE, directory)
+    shutil.copy(directory / "benchmarks" / "smoke.tsv", directory / "benchmarks" / "undeclared.tsv")
+    markdown, report = render(directory)
+    targets = stage_targets(directory)
+    commands = report.table_with(3, label("en", "col.rule"))
+    assert [(r[label("en", "col.artifact")], r[label("en", "col.rule")]) for r in commands] == targets
+    given = {path for path, _ in targets}
+    for r in commands:
+        shown = re.findall(r"\S*/\S*", r[label("en", "col.command")] + " " + r[label("en", "col.force")])
+        assert shown and set(shown) <= given, r
+    files = {str(p) for p in ReportInputs.from_mapping(declared_inputs(directory)).artifact_files().values()}
+    assert {r[label("en", "col.artifact")] for r in report.table_with(11, label("en", "col.artifact"))} == files
+    stages = [r[label("en", "col.stage")] for r in report.table_with(10, label("en", "col.stage"))]
+    assert stages[:-1] == list(STAGES) and "undeclared" not in markdown
+    # no relative results/<model> path anywhere (the recorded smoke.json holds an absolute one: artifact text)
+    assert re.findall(rf"(?<![\w/.-])results/{MODEL}", markdown) == [] and f"`{directory}/`" in markdown
+    verification = [body for section, body in report.fences if section.startswith("8. ")]
+    assert any(f"-n {directory}/report.md" in body for body in verification)
+    assert not [body for body in verification if "--list-changes" in body]
 
 
 # -- edited sets ---------------------------------------------------------------------------------------------------
@@ -609,22 +717,22 @@ def test_npu_row_is_passed_only_for_an_npu_platform_that_ran():
     npu = {"status": "ok", "platform": {"name": "npu", "device": "Ascend910B3"}}
     npu_failed = {"status": "failed", "reason": "x", "platform": {"name": "npu", "device": "Ascend910B3"}}
     broken = {"platform": "cpu", "diagnostics": [{"id": "torch_npu_import_failed", "severity": "error"}]}
-    assert accelerator_verdict(t, "npu", "npu", npu, {}).status == PASSED
-    assert accelerator_verdict(t, "npu", "npu", npu_failed, {}).status == FAILED
-    assert accelerator_verdict(t, "npu", "npu", cpu, {"platform": "cpu"}).status == NOT_MEASURED
-    assert accelerator_verdict(t, "gpu", "cuda", npu, {}).status == NOT_MEASURED
-    unusable = accelerator_verdict(t, "npu", "npu", cpu, broken)
+    assert accelerator_verdict(t, "npu", platform="npu", smoke=npu, env={}).status == PASSED
+    assert accelerator_verdict(t, "npu", platform="npu", smoke=npu_failed, env={}).status == FAILED
+    assert accelerator_verdict(t, "npu", platform="npu", smoke=cpu, env={"platform": "cpu"}).status == NOT_MEASURED
+    assert accelerator_verdict(t, "gpu", platform="cuda", smoke=npu, env={}).status == NOT_MEASURED
+    unusable = accelerator_verdict(t, "npu", platform="npu", smoke=cpu, env=broken)
     assert unusable.status == NOT_MEASURED and "torch_npu_import_failed" in unusable.detail.replace("\\", "")
-    assert (
-        accelerator_verdict(t, "npu", "npu", {"status": "failed", "reason": "x"}, {"platform": "npu"}).status == FAILED
-    )
+    failed = {"status": "failed", "reason": "x"}
+    assert accelerator_verdict(t, "npu", platform="npu", smoke=failed, env={"platform": "npu"}).status == FAILED
 
 
 def test_stage_costs_read_missing_values_as_not_measured(tmp_path):
     (tmp_path / "smoke.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n99.1\t0:01:39\tNA\t69.9\n")
     (tmp_path / "download.tsv").write_text("s\th:m:s\tmax_rss\tcpu_time\n0.5\t0:00:00\t50.0\t0.4\n")
     (tmp_path / "custom.tsv").write_text("s\th:m:s\n1.0\t0:00:01\n")
-    costs = stage_costs(tmp_path)
+    given = [tmp_path / f"{stage}.tsv" for stage in ("download", "introspect", "smoke", "custom")]
+    costs = stage_costs(given)  # in the order given; introspect.tsv does not exist (yet)
     assert list(costs["stage"]) == ["download", "smoke", "custom"]
     assert costs.loc[1, "wall_s"] == 99.1 and math.isnan(costs.loc[1, "max_rss_mb"])
     assert costs.loc[0, "max_rss_mb"] == 50.0 and math.isnan(costs.loc[2, "cpu_s"])
@@ -634,7 +742,12 @@ def test_index_links_each_model_report_with_its_status(tmp_path):
     directory = artifact_set(tmp_path)
     render(directory)
     results = directory.parent
-    write_index([MODEL, "absent-model"], results, results / "report.md")
+    write_index(
+        results / "report.md",
+        models=[MODEL, "absent-model"],
+        reports=[directory / "report.md", results / "absent-model" / "report.md"],
+        summaries=[directory / "report.json", results / "absent-model" / "report.json"],
+    )
     index = Report((results / "report.md").read_text(encoding="utf-8"))
     rows = index.tables[0][1]
     assert len(rows) == 3

@@ -1,12 +1,15 @@
-from pathlib import Path
-
 from npuport.core.stage import run_stage
 from npuport.report.report_index import write_index
 
 
 def main(smk):
-    results = Path(smk.output[0]).parent
-    write_index(list(smk.params.models), results, smk.output[0], language=smk.params.language)
+    write_index(
+        smk.output[0],
+        models=list(smk.params.models),
+        reports=[str(p) for p in smk.input.reports],
+        summaries=[str(p) for p in smk.input.summaries],
+        language=smk.params.language,
+    )
 
 
 if __name__ == "__main__":

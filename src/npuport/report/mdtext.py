@@ -1,8 +1,7 @@
-"""Markdown text that artifact content cannot break: escaped inline text, code spans, fenced blocks, tables.
+"""Markdown text that artifact content cannot break: escaped inline text, code spans, fenced blocks, tables."""
 
-Everything a report shows from an artifact (model output, paths, error text) goes through one of these, so a
-``|``, newline, backtick, ``<script>``, ``*`` or ``#`` in it renders as itself and never as Markdown or HTML.
-"""
+# Everything a report shows from an artifact (model output, paths, error text) goes through one of these, so a
+# ``|``, newline, backtick, ``<script>``, ``*`` or ``#`` in it renders as itself and never as Markdown or HTML.
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
-"""What each stage cost: Snakemake's benchmark files (results/<model>/benchmarks/<rule>.tsv) as one table."""
+"""What each stage cost: the Snakemake benchmark files (one per stage) as one table."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
-# Pipeline order; benchmark files of other rules follow, sorted by name.
-STAGE_ORDER = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare")
 # Snakemake's columns (max_* in MB, io_* in MB, cpu_time in seconds) -> our names.
 COLUMNS = {
     "s": "wall_s",
@@ -32,12 +31,10 @@ def read_benchmark(path: Path) -> dict:
     return {"stage": path.stem, "runs": len(frame), **values}
 
 
-def stage_costs(benchmark_dir: str | Path, skip: tuple[str, ...] = ()) -> pd.DataFrame:
-    """One row per benchmarked stage in pipeline order; an empty frame when there is nothing to read."""
-    directory = Path(benchmark_dir)
-    files = {p.stem: p for p in directory.glob("*.tsv")} if directory.is_dir() else {}
-    order = [s for s in STAGE_ORDER if s in files] + sorted(set(files) - set(STAGE_ORDER))
-    rows = [read_benchmark(files[stage]) for stage in order if stage not in skip]
+def stage_costs(benchmarks: Iterable[str | Path]) -> pd.DataFrame:
+    """One row per benchmark file that exists, in the order given (a stage's name is its file's stem); an empty
+    frame when there is nothing to read."""
+    rows = [read_benchmark(Path(p)) for p in benchmarks if Path(p).is_file()]
     return pd.DataFrame(rows, columns=["stage", "runs", *COLUMNS.values()])
 
 

@@ -1,8 +1,7 @@
-"""The report's figures (matplotlib, Agg backend): PNG files that the Markdown report links to.
+"""The report's figures (matplotlib, Agg backend): PNG files that the Markdown report links to."""
 
-Labels are English and prompts are numbered ("prompt 1"): the default fonts have no CJK glyphs, and the
-report's tables map each number to its prompt. A figure whose data was not measured is not drawn.
-"""
+# Labels are English and prompts are numbered ("prompt 1"): the default fonts have no CJK glyphs, and the
+# report's tables map each number to its prompt. A figure whose data was not measured is not drawn.
 
 from __future__ import annotations
 
@@ -13,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen before pyplot is imported
+
+from npuport.report.artifacts import Artifacts  # noqa: E402
 
 LOGPROB_DIFF = "logprob_diff.png"
 SPEED = "speed.png"
@@ -91,3 +92,16 @@ def speed_plot(smoke: dict, baseline: dict, path: Path) -> Path | None:
         axes.margins(y=0.2)
     figure.suptitle("Engine vs reference: throughput (higher is better) and latency (lower is better)", fontsize=10)
     return _save(figure, path)
+
+
+def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
+    """Draw every plot whose data was measured into ``plots_dir``; plot name -> file name."""
+    drawn = {}
+    compare = artifacts.compare
+    checks = compare.records("checks")
+    limit = next((c.get("limit") for c in checks if c.get("threshold") == "max_abs_logprob_diff"), None)
+    if logprob_diff_plot(dict(compare.data), plots_dir / LOGPROB_DIFF, limit):
+        drawn["logprob_diff"] = LOGPROB_DIFF
+    if speed_plot(dict(artifacts.smoke.data), dict(artifacts.baseline.data), plots_dir / SPEED):
+        drawn["speed"] = SPEED
+    return drawn

@@ -1,24 +1,27 @@
-"""results/report.md: one row per configured model with its overall status and a link to its report.
+"""The `report_index` stage: one row per configured model with its overall status and a link to its report."""
 
-It reads each model's results/<model>/report.json (written with the report, see npuport.report.report_model), so the
-status here is the very verdict of the model's own conclusion table.
-"""
+# It reads the summaries (report.json) the rule declares as inputs, written with each report (see
+# npuport.report.report_model), so the status here is the very verdict of the model's own conclusion table.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from npuport.core.atomic import atomic_path, read_json
-from npuport.report.artifacts import Messages, status_cell
+from npuport.core.errors import NpuportError
+from npuport.report.formatting import status_cell
 from npuport.report.mdtext import Md, link, table, text
+from npuport.report.messages import Messages
 from npuport.report.verdicts import NOT_MEASURED, SYMBOLS
 
 
-def model_row(t: Messages, name: str, results: Path) -> tuple:
-    """The index row of one model: link to its report, overall status, engine platform, check counts."""
-    report = results / name / "report.md"
-    summary_path = results / name / "report.json"
-    label = link(name, f"{name}/report.md") if report.is_file() else text(name)
+def model_row(t: Messages, name: str, *, report: Path, summary_path: Path, base: Path) -> tuple:
+    """The index row of one model: link to its report (relative to ``base``), overall status, engine platform,
+    check counts."""
+    target = Path(os.path.relpath(report.resolve(), base.resolve())).as_posix()
+    label = link(name, target) if report.is_file() else text(name)
     if not summary_path.is_file():
         return label, status_cell(t, NOT_MEASURED), t("index.no_report"), "", ""
     summary = read_json(summary_path)
@@ -35,15 +38,38 @@ def model_row(t: Messages, name: str, results: Path) -> tuple:
     )
 
 
-def render_index(models: list[str], results: str | Path, language: str = "en") -> str:
+def render_index(
+    target: str | Path,
+    *,
+    models: Sequence[str],
+    reports: Sequence[str | Path],
+    summaries: Sequence[str | Path],
+    language: str = "en",
+) -> str:
+    """The index Markdown; ``reports`` and ``summaries`` are the models' files, in the order of ``models``."""
+    if not len(models) == len(reports) == len(summaries):
+        raise NpuportError(
+            "report_index", f"{len(models)} models but {len(reports)} reports, {len(summaries)} summaries"
+        )
     t = Messages(language)
-    rows = [model_row(t, name, Path(results)) for name in models]
+    base = Path(target).parent
+    rows = [
+        model_row(t, name, report=Path(report), summary_path=Path(summary), base=base)
+        for name, report, summary in zip(models, reports, summaries, strict=True)
+    ]
     headers = [t("index.model"), t("index.status"), t("index.engine"), t("index.checks"), t("index.not_measured")]
     return f"# {t('index.title')}\n\n{t('index.intro')}\n\n{table(rows, headers)}\n\n{t('head.legend')}\n"
 
 
-def write_index(models: list[str], results: str | Path, target: str | Path, language: str = "en") -> None:
-    """Write the Markdown index over ``models`` (links relative to ``target``, which lives in ``results``)."""
-    text_out = render_index(models, results, language)
+def write_index(
+    target: str | Path,
+    *,
+    models: Sequence[str],
+    reports: Sequence[str | Path],
+    summaries: Sequence[str | Path],
+    language: str = "en",
+) -> None:
+    """Write the Markdown index of ``models`` to ``target``; its links are relative to ``target``'s directory."""
+    text_out = render_index(target, models=models, reports=reports, summaries=summaries, language=language)
     with atomic_path(target) as tmp:
         tmp.write_text(text_out, encoding="utf-8")

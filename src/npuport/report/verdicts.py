@@ -1,9 +1,8 @@
-"""The report's conclusion: one verdict per claim, each read from a named artifact field.
+"""The report's conclusion: one verdict per check, each read from a named artifact field."""
 
-A verdict is ``passed`` or ``failed`` only when an artifact holds the measurement; anything else is
-``not measured`` with the reason. Nothing is passed on argument alone (an NPU row needs an engine run whose
-platform was the NPU, a GPU row one on CUDA).
-"""
+# A verdict is ``passed`` or ``failed`` only when an artifact holds the measurement; anything else is
+# ``not measured`` with the reason. Nothing is passed on argument alone (an NPU row needs an engine run whose
+# platform was the NPU, a GPU row one on CUDA).
 
 from __future__ import annotations
 
@@ -11,6 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from npuport.report.artifacts import Artifacts, dig
 from npuport.report.mdtext import Md, text
 
 PASSED, FAILED, NOT_MEASURED = "passed", "failed", "not measured"
@@ -43,19 +43,6 @@ class Verdict:
     status: str  # passed | failed | not measured
     detail: Md  # what was measured, or why nothing was (trusted Markdown)
     evidence: str  # artifact and field(s) the verdict reads
-
-
-def dig(document, *path, default=None):
-    """``document[path[0]][path[1]]...``, or ``default`` where any step is missing or of the wrong type."""
-    value = document
-    for key in path:
-        if isinstance(value, dict) and key in value:
-            value = value[key]
-        elif isinstance(value, list) and isinstance(key, int) and -len(value) <= key < len(value):
-            value = value[key]
-        else:
-            return default
-    return value if value is not None else default
 
 
 def _stage_not_ok(t: Translate, name: str, doc) -> str:
@@ -123,16 +110,16 @@ def _present(env, kind: str) -> bool:
     return bool(dig(env, "accelerators", "cuda", "device_count", default=0))
 
 
-def accelerator_verdict(t: Translate, check: str, platform_name: str, smoke, env) -> Verdict:
-    """✅ only when the engine ran with vLLM's platform ``platform_name``; ❌ when it was meant to and failed."""
+def accelerator_verdict(t: Translate, check: str, *, platform: str, smoke, env) -> Verdict:
+    """✅ only when the engine ran with vLLM's platform ``platform``; ❌ when it was meant to and failed."""
     evidence = "smoke.json: status, platform.name; env.json: platform, accelerators, diagnostics"
     ran_on = dig(smoke, "platform", "name")
     status = dig(smoke, "status")
-    if ran_on == platform_name:
+    if ran_on == platform:
         if status == "ok":
             return Verdict(check, PASSED, t("detail.engine_ran", device=dig(smoke, "platform", "device")), evidence)
         return Verdict(check, FAILED, _stage_not_ok(t, "smoke.json", smoke), evidence)
-    if dig(env, "platform") == platform_name and status != "ok":
+    if dig(env, "platform") == platform and status != "ok":
         return Verdict(check, FAILED, _stage_not_ok(t, "smoke.json", smoke), evidence)
     if ran_on:
         where = t("why.engine_ran_elsewhere", device=dig(smoke, "platform", "device", default=ran_on))
@@ -142,8 +129,8 @@ def accelerator_verdict(t: Translate, check: str, platform_name: str, smoke, env
     related = _KIND_DIAGNOSTICS[check]
     ids = [d.get("id") for d in dig(env, "diagnostics", default=[]) if related.search(str(d.get("id")))]
     if ids:
-        return Verdict(check, NOT_MEASURED, t("why.accelerator_unusable", kind=kind, ids=", ".join(ids), where=where),
-                       evidence)  # fmt: skip
+        detail = t("why.accelerator_unusable", kind=kind, ids=", ".join(ids), where=where)
+        return Verdict(check, NOT_MEASURED, detail, evidence)
     key = "why.accelerator_unused" if _present(env, check) else "why.no_accelerator"
     return Verdict(check, NOT_MEASURED, t(key, kind=kind, where=where), evidence)
 
@@ -197,7 +184,7 @@ def tokens_verdict(t: Translate, compare) -> Verdict:
     return Verdict("tokens", FAILED if real else PASSED, detail, evidence)
 
 
-def _checks_verdict(t: Translate, check: str, compare, selected, evidence: str) -> Verdict:
+def _checks_verdict(t: Translate, check: str, compare, *, selected, evidence: str) -> Verdict:
     missing = _compare_not_measured(t, check, compare, evidence)
     if missing:
         return missing
@@ -216,12 +203,12 @@ def _checks_verdict(t: Translate, check: str, compare, selected, evidence: str) 
 
 def teacher_forced_verdict(t: Translate, compare) -> Verdict:
     evidence = "compare.json: overall, checks[] on the prompts' outputs"
-    return _checks_verdict(t, "teacher_forced", compare, is_teacher_forced_check, evidence)
+    return _checks_verdict(t, "teacher_forced", compare, selected=is_teacher_forced_check, evidence=evidence)
 
 
 def perplexity_verdict(t: Translate, compare) -> Verdict:
     evidence = "compare.json: overall.perplexity_*, text_*, checks[] on the fixed text"
-    verdict = _checks_verdict(t, "perplexity", compare, is_text_check, evidence)
+    verdict = _checks_verdict(t, "perplexity", compare, selected=is_text_check, evidence=evidence)
     overall = dig(compare, "overall", default={})
     if verdict.status != NOT_MEASURED:
         extra = t(
@@ -242,17 +229,18 @@ def format_value(value) -> str:
     return f"{value:.4g}"
 
 
-def verdicts(t: Translate, docs: dict) -> list[Verdict]:
-    """Every conclusion row, in report order, from the loaded artifacts (missing ones are None)."""
-    smoke, env, compare = docs.get("smoke"), docs.get("env"), docs.get("compare")
+def verdicts(t: Translate, artifacts: Artifacts) -> list[Verdict]:
+    """Every conclusion row, in report order, from the loaded artifacts (an absent one reads as None)."""
+    docs = artifacts.raw()
+    smoke, env, compare = docs["smoke"], docs["env"], docs["compare"]
     return [
-        config_verdict(t, docs.get("repair"), smoke),
-        fusion_verdict(t, docs.get("fuse")),
+        config_verdict(t, docs["repair"], smoke),
+        fusion_verdict(t, docs["fuse"]),
         engine_verdict(t, smoke),
-        accelerator_verdict(t, "npu", "npu", smoke, env),
-        accelerator_verdict(t, "gpu", "cuda", smoke, env),
+        accelerator_verdict(t, "npu", platform="npu", smoke=smoke, env=env),
+        accelerator_verdict(t, "gpu", platform="cuda", smoke=smoke, env=env),
         serve_verdict(t, smoke),
-        baseline_verdict(t, docs.get("baseline")),
+        baseline_verdict(t, docs["baseline"]),
         tokens_verdict(t, compare),
         teacher_forced_verdict(t, compare),
         perplexity_verdict(t, compare),

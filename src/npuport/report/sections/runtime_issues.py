@@ -1,0 +1,120 @@
+"""Section 6, runtime issues: the host's diagnostics (env.json), then what the pipeline's own stages found."""
+
+from __future__ import annotations
+
+from dataclasses import KW_ONLY, dataclass
+
+from npuport.report.artifacts import Doc
+from npuport.report.context import ReportContext
+from npuport.report.mdtext import Md, code, text
+from npuport.report.sections import fixes
+from npuport.report.verdicts import format_value
+
+SEVERITY_SYMBOLS = {"error": "❌", "warning": "⚠", "info": "ℹ"}
+
+
+@dataclass(frozen=True)
+class Issue:
+    _: KW_ONLY
+    id: str
+    severity: str  # error | warning | info (anything else is shown as a warning)
+    summary: object  # text or trusted Markdown
+    evidence: tuple[Md, ...]
+    fix: Md  # section 7
+    source: str  # artifact: field the issue was found in
+    label: Md = Md("")  # "❌ error: summary", in the report's language
+
+    @classmethod
+    def found(cls, r: ReportContext, *, id, severity, summary, evidence, fix, source) -> Issue:
+        shown = severity if severity in SEVERITY_SYMBOLS else "warning"
+        label = Md(f"{SEVERITY_SYMBOLS[shown]} {r.t('severity.' + shown)}: {text(summary)}")
+        evidence = tuple(text(e) for e in evidence)
+        return cls(id=id, severity=severity, summary=summary, evidence=evidence, fix=fix, source=source, label=label)
+
+
+def issues(r: ReportContext) -> list[Issue]:
+    """Host diagnostics (env.json) first, then what the pipeline's own stages found; each with its fix."""
+    found = [_diagnostic(r, d) for d in r.docs.env.records("diagnostics")]
+    return found + _config_issues(r) + _stage_issues(r) + _threshold_issues(r)
+
+
+def _diagnostic(r: ReportContext, d: Doc) -> Issue:
+    return Issue.found(
+        r,
+        id=d.get("id", "?"),
+        severity=d.get("severity", "warning"),
+        summary=d.get("summary", ""),
+        evidence=d.get("evidence") or [],
+        fix=fixes.diagnostic_fix(d.get("fix")),
+        source="env.json: diagnostics",
+    )
+
+
+def _config_issues(r: ReportContext) -> list[Issue]:
+    t, f = r.t, r.f
+    repaired = r.docs.repair.get("repaired") or []
+    found = []
+    for m in r.docs.introspect.records("mismatches"):
+        name = m.get("field")
+        fixed = name in repaired
+        evidence = t("issue.mismatch_evidence", declared=f.value(m.get("declared")), derived=f.value(m.get("derived")))
+        issue = Issue.found(
+            r,
+            id=f"config_mismatch_{name}",
+            severity="error" if fixed else "warning",
+            summary=t("issue.mismatch", field=code(name)),
+            evidence=[evidence],
+            fix=fixes.mismatch_fix(r, name, fixed),
+            source="introspect.json: mismatches; repair.json: repaired",
+        )
+        found.append(issue)
+    return found
+
+
+def _stage_issues(r: ReportContext) -> list[Issue]:
+    found = []
+    for stage in ("smoke", "baseline"):
+        doc = getattr(r.docs, stage)
+        if doc and doc.get("status") != "ok":
+            status = str(doc.get("status", "?"))
+            issue = Issue.found(
+                r,
+                id=f"{stage}_{status.replace(' ', '_')}",
+                severity="error",
+                summary=r.t("issue.stage", stage=stage, status=status),
+                evidence=[doc.get("reason") or "-"],
+                fix=fixes.stage_fix(r, stage),
+                source=f"{stage}.json: status",
+            )
+            found.append(issue)
+    serve = r.docs.smoke.part("serve")
+    if serve.get("status") == "failed":
+        issue = Issue.found(
+            r,
+            id="serve_failed",
+            severity="error",
+            summary=r.t("issue.serve"),
+            evidence=[serve.get("reason") or "-"],
+            fix=fixes.serve_fix(r),
+            source="smoke.json: serve.status, serve.reason",
+        )
+        found.append(issue)
+    return found
+
+
+def _threshold_issues(r: ReportContext) -> list[Issue]:
+    found = []
+    for c in r.docs.compare.records("checks"):
+        if c.get("passed") is False:
+            evidence = f"{c.get('metric')} = {format_value(c.get('value'))}, required {c.get('op')} {c.get('limit')}"
+            issue = Issue.found(
+                r,
+                id=f"threshold_{c.get('threshold')}",
+                severity="error",
+                summary=r.t("issue.threshold", name=code(c.get("threshold"))),
+                evidence=[evidence],
+                fix=fixes.threshold_fix(r),
+                source="compare.json: checks",
+            )
+            found.append(issue)
+    return found
