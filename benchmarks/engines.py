@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
+from pathlib import Path
 
+from npuport.core.settings import (
+    BaselineSettings,
+    EngineSettings,
+    GenerationSettings,
+    ServeSettings,
+    schema_defaults,
+)
 from npuport.engines.baseline import run_baseline
-from npuport.engines.records import BASELINE_DEFAULTS, ENGINE_DEFAULTS, GENERATION_DEFAULTS
 from npuport.engines.smoke import run_smoke
 
 
@@ -43,25 +51,37 @@ def row(name: str, doc: dict) -> str:
     )
 
 
+def default_prompts() -> list[str]:
+    """The default run's prompts (config/config.yaml; the schema has no default for them)."""
+    import yaml
+
+    config = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+    return yaml.safe_load(config.read_text(encoding="utf-8"))["generation"]["prompts"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model_dir")
-    parser.add_argument("--max-tokens", type=int, default=GENERATION_DEFAULTS["max_tokens"])
-    parser.add_argument("--engine-dtype", default=ENGINE_DEFAULTS["dtype"])
-    parser.add_argument("--baseline-dtype", default=BASELINE_DEFAULTS["dtype"])
-    parser.add_argument("--max-model-len", type=int, default=ENGINE_DEFAULTS["max_model_len"])
-    parser.add_argument("--gpu-memory-utilization", type=float, default=ENGINE_DEFAULTS["gpu_memory_utilization"])
+    engine_defaults, generation_defaults = schema_defaults("engine"), schema_defaults("generation")
+    parser.add_argument("--max-tokens", type=int, default=generation_defaults["max_tokens"])
+    parser.add_argument("--engine-dtype", default=engine_defaults["dtype"])
+    parser.add_argument("--baseline-dtype", default=schema_defaults("baseline")["dtype"])
+    parser.add_argument("--max-model-len", type=int, default=engine_defaults["max_model_len"])
+    parser.add_argument("--gpu-memory-utilization", type=float, default=engine_defaults["gpu_memory_utilization"])
     parser.add_argument("--json", help="also write both documents to this file")
     args = parser.parse_args(argv)
 
-    generation = {"max_tokens": args.max_tokens}
-    engine = {"dtype": args.engine_dtype, "max_model_len": args.max_model_len,
-              "gpu_memory_utilization": args.gpu_memory_utilization}  # fmt: skip
-    log = lambda message: print(message, file=sys.stderr)  # noqa: E731
-    smoke = run_smoke(args.model_dir, engine, generation, {"enabled": False}, log=log)
-    baseline = run_baseline(args.model_dir, {"dtype": args.baseline_dtype}, generation, log=log)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    generation = GenerationSettings.from_config({"prompts": default_prompts(), "max_tokens": args.max_tokens})
+    engine = EngineSettings.from_config({"dtype": args.engine_dtype, "max_model_len": args.max_model_len,
+                                         "gpu_memory_utilization": args.gpu_memory_utilization})  # fmt: skip
+    serve = ServeSettings.from_config({"enabled": False})
+    smoke = run_smoke(args.model_dir, engine=engine, generation=generation, serve=serve)
+    baseline = run_baseline(
+        args.model_dir, baseline=BaselineSettings.from_config({"dtype": args.baseline_dtype}), generation=generation
+    )
 
-    print(f"model: {args.model_dir}  prompts: {len(GENERATION_DEFAULTS['prompts'])}  max_tokens: {args.max_tokens}")
+    print(f"model: {args.model_dir}  prompts: {len(generation.prompts)}  max_tokens: {args.max_tokens}")
     print(f"{'engine':<13} {'device':<50} {'start (s)':>9} {'warmup ms':>10} {'TTFT ms':>9} {'TPOT ms':>9}"
           f" {'tok/s 1req':>10} {'tok/s all':>9}")  # fmt: skip
     print(row(f"vllm {smoke['engine'].get('version', '')}", smoke))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shutil
 import signal
@@ -316,10 +317,15 @@ def bench_bandwidth(args) -> None:
 # ---------------------------------------------------------------- transformers baseline
 
 
-def generation_settings(max_tokens: int, prompts: int) -> dict:
-    from npuport.engines.records import REFERENCE_PROMPTS
+def generation_settings(max_tokens: int, prompts: int):
+    import yaml
 
-    return {"max_tokens": max_tokens, "prompts": REFERENCE_PROMPTS[:prompts]}
+    from npuport.core.settings import GenerationSettings
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text(encoding="utf-8"))
+    return GenerationSettings.from_config(
+        {"max_tokens": max_tokens, "prompts": config["generation"]["prompts"][:prompts]}
+    )
 
 
 def summarize(doc: dict) -> dict:
@@ -348,8 +354,11 @@ def child_baseline(model: str, dtype: str, max_tokens: str, prompts: str, thread
 
     bandwidth = copy_bandwidth(int(threads))
     torch.set_num_threads(int(threads))
-    doc = run_baseline(model, {"dtype": dtype}, generation_settings(int(max_tokens), int(prompts)),
-                       log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    from npuport.core.settings import BaselineSettings
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    doc = run_baseline(model, baseline=BaselineSettings.from_config({"dtype": dtype}),
+                       generation=generation_settings(int(max_tokens), int(prompts)))  # fmt: skip
     return {"bandwidth": bandwidth, "dtype": dtype, **bytes_per_token(Path(model), getattr(torch, dtype).itemsize),
             **summarize(doc)}  # fmt: skip
 
@@ -396,8 +405,12 @@ def child_engine(model: str, max_tokens: str, prompts: str, util: str, max_model
     engine = {"dtype": "bfloat16", "max_model_len": int(max_model_len), "gpu_memory_utilization": float(util),
               "enforce_eager": True, "max_num_seqs": 4}  # fmt: skip
     bandwidth = copy_bandwidth(int(threads))
-    doc = run_smoke(model, engine, generation_settings(int(max_tokens), int(prompts)), {"enabled": False},
-                    log=lambda m: print(m, file=sys.stderr))  # fmt: skip
+    from npuport.core.settings import EngineSettings, ServeSettings
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    doc = run_smoke(model, engine=EngineSettings.from_config(engine),
+                    generation=generation_settings(int(max_tokens), int(prompts)),
+                    serve=ServeSettings.from_config({"enabled": False}))  # fmt: skip
     return {"bandwidth": bandwidth, "engine": engine, "version": doc["engine"].get("version"),
             **bytes_per_token(Path(model), 2), **summarize(doc)}  # fmt: skip
 

@@ -13,9 +13,18 @@ import pytest
 import torch
 from test_smoke import PROMPTS, REPO, TOP_K, build_tiny_llama, generation_settings
 
+from npuport.core.settings import BaselineSettings, GenerationSettings
 from npuport.engines.baseline import run_baseline
 
 BASELINE = {"device": "cpu", "dtype": "float32"}
+
+
+def baseline_settings(baseline: dict = BASELINE, **generation) -> dict:
+    """run_baseline's typed settings from config sections."""
+    return {
+        "baseline": BaselineSettings.from_config(baseline),
+        "generation": GenerationSettings.from_config(generation_settings(**generation)),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +34,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def baseline(tiny_model) -> dict:
-    return run_baseline(tiny_model, BASELINE, generation_settings())
+    return run_baseline(tiny_model, **baseline_settings())
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +106,7 @@ def test_chat_template_prompt_has_one_bos(tiny_model, tmp_path):
     config = json.loads(config_path.read_text())
     config["chat_template"] = "{{ bos_token }}{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}<|a|>"
     config_path.write_text(json.dumps(config))
-    doc = run_baseline(model, BASELINE, generation_settings(prompts=[PROMPTS[2]], max_tokens=2, chat_template=True))
+    doc = run_baseline(model, **baseline_settings(prompts=[PROMPTS[2]], max_tokens=2, chat_template=True))
     assert doc["status"] == "ok", doc["reason"]
     ids = doc["prompts"][0]["prompt_token_ids"]
     assert ids[0] == 1 and 1 not in ids[1:]
@@ -112,14 +121,14 @@ def test_auto_map_is_refused(tiny_model, tmp_path):
     config = json.loads((model / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}
     (model / "config.json").write_text(json.dumps(config))
-    doc = run_baseline(model, BASELINE, generation_settings())
+    doc = run_baseline(model, **baseline_settings())
     assert doc["status"] == "refused" and "trust_remote_code: true" in doc["reason"]
     assert doc["prompts"] == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this host has a CUDA device")
 def test_cuda_device_without_gpu_is_not_run(tiny_model):
-    doc = run_baseline(tiny_model, {"device": "cuda", "dtype": "float32"}, generation_settings())
+    doc = run_baseline(tiny_model, **baseline_settings({"device": "cuda", "dtype": "float32"}))
     assert doc["status"] == "not run" and "no CUDA device" in doc["reason"]
 
 
@@ -159,8 +168,8 @@ def test_stop_ids_are_generation_config_eos_plus_tokenizer_eos(tiny_model, tmp_p
     shutil.copytree(tiny_model, model)
     (model / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 9]}))
     stop = stop_token_ids(model, AutoTokenizer.from_pretrained(str(model)))
-    assert stop["ids"] == [7, 9, 2]
-    assert stop["source"] == "generation_config.json: eos_token_id + tokenizer eos_token_id"
+    assert stop.ids == [7, 9, 2]
+    assert stop.source == "generation_config.json: eos_token_id + tokenizer eos_token_id"
 
 
 def test_tokenizer_auto_map_is_refused_too(tiny_model, tmp_path):
@@ -169,5 +178,35 @@ def test_tokenizer_auto_map_is_refused_too(tiny_model, tmp_path):
     config = json.loads((model / "tokenizer_config.json").read_text())
     config["auto_map"] = {"AutoTokenizer": ["tok.MyTokenizer", None]}
     (model / "tokenizer_config.json").write_text(json.dumps(config))
-    doc = run_baseline(model, BASELINE, generation_settings())
+    doc = run_baseline(model, **baseline_settings())
     assert doc["status"] == "refused" and "tokenizer_config.json" in doc["reason"]
+
+
+def test_both_runners_offer_the_same_interface():
+    import inspect
+
+    from npuport.engines.hf_runner import HfRunner
+    from npuport.engines.vllm_runner import VllmRunner
+
+    for name in ("__enter__", "__exit__", "generate_greedy", "platform", "engine"):
+        assert hasattr(HfRunner, name) and hasattr(VllmRunner, name), name
+    assert inspect.signature(HfRunner.generate_greedy) == inspect.signature(VllmRunner.generate_greedy)
+
+
+def test_hf_runner_generates_what_the_baseline_records(baseline, tiny_model):
+    from transformers import AutoTokenizer
+
+    from npuport.engines.hf_runner import HfRunner
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    runner = HfRunner(tiny_model, device=torch.device("cpu"), dtype=torch.float32, tokenizer=tokenizer)
+    with runner:
+        generations = runner.generate_greedy(
+            [r["prompt_token_ids"] for r in baseline["prompts"]],
+            generation_settings()["max_tokens"],
+            TOP_K,
+            baseline["settings"]["stop_token_ids"],
+        )
+    assert runner.load_s > 0
+    assert [g.token_ids for g in generations] == [r["token_ids"] for r in baseline["prompts"]]
+    assert [g.text for g in generations] == [r["text"] for r in baseline["prompts"]]

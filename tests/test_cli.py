@@ -43,3 +43,31 @@ def test_fuse_command_writes_a_model_dir(tmp_path):
     fuse = json.loads((tmp_path / "model" / "fuse.json").read_text())
     assert fuse["all_linears_ternary"] is True
     assert json.loads((tmp_path / "model" / "config.json").read_text())["hidden_size"] == 128
+
+
+def test_option_defaults_and_help_come_from_the_schema():
+    from npuport.__main__ import build_parser
+    from npuport.core.settings import schema_defaults, schema_description
+
+    parser = build_parser()
+    fuse = parser.parse_args(["fuse", "in", "out"])
+    assert {key: getattr(fuse, key) for key in schema_defaults("fuse")} == schema_defaults("fuse")
+    assert parser.parse_args(["inspect", "x"]).sample_rows == schema_defaults("introspect")["sample_rows"]
+    result = _cli("fuse", "--help")
+    assert result.returncode == 0, result.stderr
+    help_text = " ".join(result.stdout.split())
+    assert schema_description("fuse", "max_shard_size") in help_text
+    assert "(config: fuse.group_size; default: 128)" in help_text
+
+
+def test_fuse_option_is_checked_against_the_schema(tmp_path):
+    result = _cli("fuse", str(EMBEDDED), str(tmp_path / "model"), "--max-shard-size", "2 parsecs")
+    assert result.returncode == 1
+    assert result.stderr.startswith("npuport fuse: error: fuse.max_shard_size:")
+    assert not (tmp_path / "model").exists()
+
+
+def test_config_docs_prints_the_config_reference():
+    result = _cli("config-docs")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == (REPO / "config" / "README.md").read_text(encoding="utf-8")

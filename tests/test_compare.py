@@ -1,9 +1,11 @@
+import json
 import math
 
 import pytest
 import torch
 
-from npuport.compare.compare import classify, first_divergence, perplexity, threshold_checks, topk_metrics
+from npuport.compare.compare import classify, compare, first_divergence, perplexity, threshold_checks, topk_metrics
+from npuport.core.settings import CompareSettings
 
 
 def record(tokens, tops):
@@ -95,3 +97,13 @@ def test_threshold_checks_store_limit_beside_value():
 
 def test_perplexity_skips_unscored_first_token():
     assert perplexity([1, 2, 3], [None, math.log(0.5), math.log(0.5)]) == pytest.approx(2.0)
+
+
+def test_not_measured_records_the_typed_settings():
+    settings = CompareSettings.from_config({"window": 48})
+    doc = compare({"status": "not run", "reason": "no vLLM"}, {"status": "ok"}, "unused", settings)
+    assert doc["status"] == "not measured" and doc["reason"] == "smoke status not run: no vLLM"
+    assert doc["settings"] == settings.as_dict() == json.loads(json.dumps(doc["settings"]))
+    assert doc["settings"]["window"] == 48 and doc["settings"]["thresholds"]["min_top1_agreement"] == 0.95
+    with pytest.raises(TypeError):
+        compare({"status": "not run"}, {"status": "ok"}, "unused", settings, True)  # trust_remote_code by keyword

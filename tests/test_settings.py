@@ -1,7 +1,36 @@
+import dataclasses
+
 import pytest
 
+import npuport.core.settings as settings_module
 from npuport.core.errors import NpuportError
-from npuport.core.settings import model_entry, model_names, model_section, parse_size
+from npuport.core.settings import (
+    BaselineSettings,
+    CompareSettings,
+    EngineSettings,
+    FuseSettings,
+    GenerationSettings,
+    IntrospectSettings,
+    ServeSettings,
+    ThresholdSettings,
+    model_entry,
+    model_names,
+    model_section,
+    parse_size,
+    schema_defaults,
+    section_schema,
+)
+
+SETTINGS = (
+    FuseSettings,
+    IntrospectSettings,
+    EngineSettings,
+    BaselineSettings,
+    GenerationSettings,
+    ServeSettings,
+    CompareSettings,
+    ThresholdSettings,
+)
 
 CONFIG = {
     "models": [
@@ -36,3 +65,73 @@ def test_parse_size(text, expected):
 def test_parse_size_rejects_garbage():
     with pytest.raises(NpuportError, match="not a size"):
         parse_size("2 parsecs")
+
+
+# -- typed settings: defaults from the schema ------------------------------------------------------------------
+
+
+def test_library_defaults_are_the_schema_defaults():
+    # the library once had its own defaults (serve.startup_timeout_s 180, request_timeout_s 60) while the
+    # schema, and so every pipeline run, had 300 and 120
+    serve = ServeSettings.from_config({})
+    assert (serve.startup_timeout_s, serve.request_timeout_s) == (300, 120)
+    assert serve.as_dict() == schema_defaults("serve")
+    for settings in SETTINGS:
+        if settings is not GenerationSettings:  # prompts has no default: the config must give them
+            assert settings.from_config({}).as_dict() == schema_defaults(settings.SECTION), settings.SECTION
+
+
+def test_settings_fields_are_the_schema_keys():
+    for settings in SETTINGS:
+        names = [f.name for f in dataclasses.fields(settings)]
+        assert names == list(section_schema(settings.SECTION)["properties"]), settings.SECTION
+
+
+def test_from_config_fills_missing_keys_and_keeps_given_ones():
+    engine = EngineSettings.from_config({"max_model_len": 512})
+    assert engine.max_model_len == 512 and engine.dtype == "bfloat16" and engine.enforce_eager is True
+    compare = CompareSettings.from_config({"window": 48, "thresholds": {"max_abs_logprob_diff": 1.0}})
+    assert compare.window == 48 and compare.thresholds.max_abs_logprob_diff == 1.0
+    assert compare.thresholds.min_top1_agreement == 0.95
+    generation = GenerationSettings.from_config({"prompts": ["a", "b"]})
+    assert generation.prompts == ("a", "b") and generation.as_dict()["prompts"] == ["a", "b"]
+    assert FuseSettings.from_config({"max_shard_size": "1GiB"}).max_shard_bytes == 2**30
+
+
+def test_unset_optional_key_is_none_and_left_out_of_documents():
+    baseline = BaselineSettings.from_config({})
+    assert baseline.threads is None and baseline.as_dict() == {"device": "cpu", "dtype": "float32"}
+    assert BaselineSettings.from_config({"threads": 2}).as_dict()["threads"] == 2
+    assert CompareSettings.from_config({}).as_dict()["window"] is None  # its schema default is null
+
+
+@pytest.mark.parametrize(
+    ("settings", "mapping", "message"),
+    [
+        (ServeSettings, {"startup_timeout": 5}, "serve settings: unknown key.*startup_timeout; known: enabled"),
+        (CompareSettings, {"thresholds": {"top1": 1}}, "compare.thresholds settings: unknown key.*top1"),
+        (GenerationSettings, {}, "generation settings: missing key.*prompts"),
+        (FuseSettings, {"mode": "sometimes"}, "fuse.mode: 'sometimes' is not one of"),
+        (EngineSettings, {"max_model_len": 8}, "engine.max_model_len: 8 is less than the minimum of 16"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(settings, mapping, message):
+    with pytest.raises(NpuportError, match=message) as error:
+        settings.from_config(mapping)
+    assert "\n" not in str(error.value)
+
+
+def test_settings_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ServeSettings.from_config({}).host = "0.0.0.0"
+
+
+def test_missing_schema_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(settings_module, "SCHEMA_PATH", tmp_path / "config.schema.yaml")
+    settings_module.load_schema.cache_clear()
+    try:
+        with pytest.raises(NpuportError, match="config schema not found.*pip install -e"):
+            schema_defaults("serve")
+    finally:
+        monkeypatch.undo()
+        settings_module.load_schema.cache_clear()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
 from npuport.engines.smoke import run_smoke
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +88,15 @@ def generation_settings(**overrides) -> dict:
             "top_logprobs": TOP_K, "chat_template": False} | overrides  # fmt: skip
 
 
+def smoke_settings(engine: dict = ENGINE, serve: dict | None = None, **generation) -> dict:
+    """run_smoke's typed settings from config sections (missing keys: the schema's defaults)."""
+    return {
+        "engine": EngineSettings.from_config(engine),
+        "generation": GenerationSettings.from_config(generation_settings(**generation)),
+        "serve": ServeSettings.from_config({"enabled": False} if serve is None else serve),
+    }
+
+
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("smoke") / "model")
@@ -95,7 +105,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def smoke(tiny_model) -> dict:
     """The one offline engine start of this module."""
-    return run_smoke(tiny_model, ENGINE, generation_settings(), {"enabled": False})
+    return run_smoke(tiny_model, **smoke_settings())
 
 
 def test_smoke_runs_on_the_cpu_platform_and_says_so(smoke):
@@ -174,7 +184,7 @@ def test_serve_command_matches_engine_settings(smoke, tiny_model):
 
 
 def test_engine_start_failure_is_recorded_with_log_tail(tiny_model):
-    doc = run_smoke(tiny_model, ENGINE | {"max_model_len": 10**6}, generation_settings(), {"enabled": False})
+    doc = run_smoke(tiny_model, **smoke_settings(ENGINE | {"max_model_len": 10**6}))
     assert doc["status"] == "failed"
     assert "did not start" in doc["reason"]
     assert doc["log_tail"] and doc["prompts"] == []
@@ -188,7 +198,7 @@ def test_auto_map_is_refused_without_trust_remote_code(tmp_path, tiny_model):
     config = json.loads((tiny_model / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}
     (model / "config.json").write_text(json.dumps(config))
-    doc = run_smoke(model, ENGINE, generation_settings(), {"enabled": False})
+    doc = run_smoke(model, **smoke_settings())
     assert doc["status"] == "refused"
     assert "trust_remote_code: true" in doc["reason"] and "auto_map" in doc["reason"]
     assert doc["prompts"] == [] and doc["load_seconds"] is None
@@ -198,8 +208,11 @@ def test_missing_vllm_gives_not_run(tiny_model, tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
         sys.modules["vllm"] = None  # as if vLLM were not installed
+        from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
         from npuport.engines.smoke import run_smoke
-        doc = run_smoke({str(tiny_model)!r}, {ENGINE!r}, {generation_settings()!r}, {{"enabled": True}})
+        doc = run_smoke({str(tiny_model)!r}, engine=EngineSettings.from_config({ENGINE!r}),
+                        generation=GenerationSettings.from_config({generation_settings()!r}),
+                        serve=ServeSettings.from_config({{"enabled": True}}))
         print("DOC" + json.dumps({{k: doc[k] for k in ("status", "reason", "prompts", "serve")}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -216,7 +229,8 @@ def test_serve_check_that_cannot_start_fails_and_leaves_no_process(tiny_model, t
     engine = {**ENGINE, "max_model_len": 10**6, "max_num_seqs": 4, "enforce_eager": True, "tensor_parallel_size": 1,
               "seed": 42}  # fmt: skip
     serve = {"enabled": True, "host": "127.0.0.1", "startup_timeout_s": 240, "request_timeout_s": 10}
-    result = run_serve_check(tiny_model, engine, generation_settings(), serve, [], log_path=tmp_path / "serve.log")
+    result = run_serve_check(tiny_model, **smoke_settings(engine, serve), offline_prompts=[],
+                             log_path=tmp_path / "serve.log")  # fmt: skip
     assert result["status"] == "failed"
     assert "exited" in result["reason"]
     assert any("max_model_len" in line for line in result["log_tail"])

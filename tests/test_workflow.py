@@ -13,6 +13,7 @@ from conftest import planned_rules, run_snakemake, scenario_config
 from safetensors.torch import load_file, save_file
 
 from npuport.compare.compare import compare
+from npuport.core.settings import CompareSettings
 from npuport.engines.serve_check import group_alive
 from npuport.weights.ternary import is_quantized_linear
 
@@ -256,7 +257,12 @@ def test_perturbed_reference_weights_fail_the_comparison(default_run, tmp_path):
     model = default_run / "results" / "tiny-bitcpm" / "model"
     settings = _json(default_run, "compare.json")["settings"]
     perturbed = _perturbed_copy(model, tmp_path / "perturbed", layer=1, scale=1.03)
-    document = compare(_json(default_run, "smoke.json"), _json(default_run, "baseline.json"), perturbed, settings)
+    document = compare(
+        _json(default_run, "smoke.json"),
+        _json(default_run, "baseline.json"),
+        perturbed,
+        CompareSettings.from_config(settings),
+    )
     assert document["status"] == "failed"
     failed = {c["threshold"] for c in document["checks"] if c["passed"] is False}
     assert "max_text_mean_abs_logprob_diff" in failed, document["checks"]

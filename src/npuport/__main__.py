@@ -1,18 +1,31 @@
-"""Command line: `python -m npuport inspect PATH --json` and the stages outside Snakemake."""
+"""Command line: `python -m npuport inspect PATH --json`, the stages outside Snakemake, and the config reference.
+
+Option defaults and help come from the config schema (workflow/schemas/config.schema.yaml), the same
+values a pipeline run uses. Results go to stdout; progress and errors to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from npuport.core.errors import NpuportError
+from npuport.core.settings import (
+    FuseSettings,
+    IntrospectSettings,
+    config_reference_markdown,
+    schema_defaults,
+    section_schema,
+)
 
 
 def _inspect(args: argparse.Namespace) -> None:
     from npuport.weights.introspect import introspect_checkpoint
 
-    document = introspect_checkpoint(args.path, sample_rows=args.sample_rows)
+    settings = IntrospectSettings.from_config({"sample_rows": args.sample_rows})
+    document = introspect_checkpoint(args.path, sample_rows=settings.sample_rows)
     if args.json:
         print(json.dumps(document, indent=2, ensure_ascii=False))
         return
@@ -30,13 +43,16 @@ def _inspect(args: argparse.Namespace) -> None:
 def _fuse(args: argparse.Namespace) -> None:
     from pathlib import Path
 
-    from npuport.core.settings import parse_size
     from npuport.weights.fuse import fuse
     from npuport.weights.introspect import introspect_checkpoint
     from npuport.weights.repair_config import repair
     from npuport.weights.tokenizer_check import check_checkpoint_tokenizer
 
-    introspection = introspect_checkpoint(args.path)
+    settings = FuseSettings.from_config(
+        {"mode": args.mode, "group_size": args.group_size, "max_shard_size": args.max_shard_size,
+         "dtype": args.dtype, "minicpm": args.minicpm}
+    )  # fmt: skip
+    introspection = introspect_checkpoint(args.path, sample_rows=IntrospectSettings.from_config().sample_rows)
     config, _ = repair(Path(args.path) / "config.json", introspection, args.trust_remote_code)
     check_checkpoint_tokenizer(args.path, config, args.trust_remote_code)
     document = fuse(
@@ -44,30 +60,63 @@ def _fuse(args: argparse.Namespace) -> None:
         config,
         introspection,
         args.out,
-        mode=args.mode,
-        group_size=args.group_size,
-        max_shard_size=parse_size(args.max_shard_size),
+        mode=settings.mode,
+        group_size=settings.group_size,
+        max_shard_size=settings.max_shard_bytes,
+        dtype=settings.dtype,
+        minicpm=settings.minicpm,
     )
     print(document["decision"])
     print(f"wrote {args.out}: {len(document['shards'])} shard(s), {document['total_bytes']} bytes")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="npuport", description=__doc__)
+def _config_docs(args: argparse.Namespace) -> None:
+    sys.stdout.write(config_reference_markdown())
+
+
+def _config_option(parser: argparse.ArgumentParser, section: str, key: str, **kwargs) -> None:
+    """``--key`` with its default, help and choices from the schema's ``section.key``."""
+    schema = section_schema(section)["properties"][key]
+    default = schema_defaults(section)[key]
+    if "enum" in schema:
+        kwargs.setdefault("choices", schema["enum"])
+    help_text = f"{schema['description'].replace('%', '%%')} (config: {section}.{key}; default: %(default)s)"
+    parser.add_argument(f"--{key.replace('_', '-')}", default=default, help=help_text, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npuport", description=__doc__.split("\n", 1)[0])
     commands = parser.add_subparsers(dest="command", required=True)
     inspect = commands.add_parser("inspect", help="derive the architecture of a checkpoint directory from its weights")
     inspect.add_argument("path")
     inspect.add_argument("--json", action="store_true", help="print the introspection document as JSON")
-    inspect.add_argument("--sample-rows", type=int, default=8, help="rows sampled per linear for the ternary check")
+    _config_option(inspect, "introspect", "sample_rows", type=int)
     inspect.set_defaults(run=_inspect)
     fuse = commands.add_parser("fuse", help="repair the config and fuse a checkpoint into a Hugging Face model dir")
     fuse.add_argument("path")
     fuse.add_argument("out")
-    fuse.add_argument("--mode", choices=["auto", "always", "never"], default="auto")
-    fuse.add_argument("--group-size", type=int, default=128)
-    fuse.add_argument("--max-shard-size", default="2GB")
-    fuse.add_argument("--trust-remote-code", action="store_true")
+    _config_option(fuse, "fuse", "mode")
+    _config_option(fuse, "fuse", "group_size", type=int)
+    _config_option(fuse, "fuse", "max_shard_size")
+    _config_option(fuse, "fuse", "dtype")
+    _config_option(fuse, "fuse", "minicpm")
+    fuse.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the checkpoint")
     fuse.set_defaults(run=_fuse)
+    docs = commands.add_parser(
+        "config-docs", help="print the config reference (config/README.md) generated from the config schema"
+    )
+    docs.set_defaults(run=_config_docs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("npuport").setLevel(logging.INFO)
+    try:
+        parser = build_parser()
+    except NpuportError as exc:  # the schema is missing
+        print(f"npuport: error: {exc}", file=sys.stderr)
+        return 1
     args = parser.parse_args(argv)
     try:
         args.run(args)

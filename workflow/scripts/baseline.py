@@ -1,4 +1,5 @@
 from npuport.core.atomic import write_json
+from npuport.core.settings import BaselineSettings, GenerationSettings
 from npuport.core.stage import run_stage
 from npuport.engines.baseline import run_baseline
 
@@ -6,8 +7,8 @@ from npuport.engines.baseline import run_baseline
 def main(smk):
     doc = run_baseline(
         smk.input.model,
-        baseline=dict(smk.params.baseline),
-        generation=dict(smk.params.generation),
+        baseline=BaselineSettings.from_config(smk.params.baseline),
+        generation=GenerationSettings.from_config(smk.params.generation),
         trust_remote_code=bool(smk.params.trust_remote_code),
     )
     write_json(smk.output[0], doc)

@@ -1,5 +1,6 @@
 from npuport.compare.compare import compare
 from npuport.core.atomic import read_json, write_json
+from npuport.core.settings import CompareSettings
 from npuport.core.stage import run_stage
 
 
@@ -8,8 +9,8 @@ def main(smk):
         read_json(smk.input.smoke),
         read_json(smk.input.baseline),
         smk.input.model,
-        smk.params.compare,
-        smk.params.trust_remote_code,
+        CompareSettings.from_config(smk.params.compare),
+        trust_remote_code=bool(smk.params.trust_remote_code),
     )
     write_json(smk.output[0], document)
 

@@ -1,11 +1,12 @@
 from npuport.core.atomic import write_json
+from npuport.core.settings import IntrospectSettings
 from npuport.core.stage import run_stage
 from npuport.weights.introspect import introspect_checkpoint
 
 
 def main(smk):
-    document = introspect_checkpoint(smk.input.download, sample_rows=smk.params.introspect["sample_rows"])
-    write_json(smk.output[0], document)
+    settings = IntrospectSettings.from_config(smk.params.introspect)
+    write_json(smk.output[0], introspect_checkpoint(smk.input.download, sample_rows=settings.sample_rows))
 
 
 if __name__ == "__main__":

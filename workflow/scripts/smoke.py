@@ -1,6 +1,7 @@
 from pathlib import Path
 
 from npuport.core.atomic import write_json
+from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
 from npuport.core.stage import run_stage
 from npuport.engines.smoke import run_smoke
 
@@ -8,9 +9,9 @@ from npuport.engines.smoke import run_smoke
 def main(smk):
     doc = run_smoke(
         smk.input.model,
-        engine=dict(smk.params.engine),
-        generation=dict(smk.params.generation),
-        serve=dict(smk.params.serve),
+        engine=EngineSettings.from_config(smk.params.engine),
+        generation=GenerationSettings.from_config(smk.params.generation),
+        serve=ServeSettings.from_config(smk.params.serve),
         trust_remote_code=bool(smk.params.trust_remote_code),
         perplexity_text=Path(smk.input.perplexity_text).read_text(encoding="utf-8"),
     )

@@ -10,9 +10,13 @@ position the engine's top-k logprobs are compared with the reference's logprobs 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
+
+from npuport.core.settings import CompareSettings
 
 # Threshold name -> (metric key in the overall metrics, comparison that passes).
 THRESHOLD_CHECKS = {
@@ -148,7 +152,7 @@ def _pooled(per_prompt: list[dict]) -> dict:
     }
 
 
-def threshold_checks(metrics: dict, thresholds: dict) -> list[dict]:
+def threshold_checks(metrics: dict, thresholds: Mapping[str, float]) -> list[dict]:
     """Each configured threshold beside the measured value, with pass/fail."""
     checks = []
     for name, limit in thresholds.items():
@@ -159,7 +163,8 @@ def threshold_checks(metrics: dict, thresholds: dict) -> list[dict]:
     return checks
 
 
-def not_measured(smoke: dict, baseline: dict, settings: dict) -> dict:
+def not_measured(smoke: dict, baseline: dict, settings: Mapping[str, Any]) -> dict:
+    """compare.json when either side did not produce outputs; ``settings`` as the document records them."""
     reasons = [
         f"{name} status {doc.get('status')}: {doc.get('reason') or 'no reason given'}"
         for name, doc in (("smoke", smoke), ("baseline", baseline))
@@ -169,21 +174,23 @@ def not_measured(smoke: dict, baseline: dict, settings: dict) -> dict:
 
 
 def compare(
-    smoke: dict, baseline: dict, model_dir: str | Path, settings: dict, trust_remote_code: bool = False
+    smoke: dict, baseline: dict, model_dir: str | Path, settings: CompareSettings, *, trust_remote_code: bool = False
 ) -> dict:
-    """The compare.json document."""
+    """The compare.json document: ``smoke`` (smoke.json) against ``baseline`` (baseline.json), the reference
+    model in ``model_dir`` scoring the engine's tokens."""
+    recorded = settings.as_dict()
     if smoke.get("status") != "ok" or baseline.get("status") != "ok":
-        return not_measured(smoke, baseline, settings)
-    reference = Reference(model_dir, settings["reference_dtype"], trust_remote_code)
+        return not_measured(smoke, baseline, recorded)
+    reference = Reference(model_dir, settings.reference_dtype, trust_remote_code)
     references = {r["prompt"]: r for r in baseline["prompts"]}
     prompts = []
     for record in smoke["prompts"]:
-        free = first_divergence(record, references[record["prompt"]], settings["window"])
-        free["classification"] = classify(free["divergence"], settings["benign_logprob_gap"])
+        free = first_divergence(record, references[record["prompt"]], settings.window)
+        free["classification"] = classify(free["divergence"], settings.benign_logprob_gap)
         prompts.append({"prompt": record["prompt"], **free, "teacher_forced": teacher_forced(reference, record)})
     overall = _pooled(prompts)
     overall |= _perplexities(smoke, reference)
-    checks = threshold_checks(overall, settings["thresholds"])
+    checks = threshold_checks(overall, recorded["thresholds"])
     real = [p["prompt"] for p in prompts if p["classification"] == "real divergence"]
     checks.append(
         {"threshold": "no_real_divergence", "metric": "real divergences", "value": len(real), "op": "==", "limit": 0}
@@ -193,7 +200,7 @@ def compare(
     return {
         "status": "failed" if failed else "passed",
         "reason": "failed: " + ", ".join(failed) if failed else None,
-        "settings": settings,
+        "settings": recorded,
         "engine": {"smoke": smoke.get("platform"), "baseline": baseline.get("platform")},
         "prompts": prompts,
         "overall": overall,

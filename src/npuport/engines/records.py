@@ -1,70 +1,167 @@
 """What the `smoke` (vLLM) and `baseline` (transformers) stages share.
 
-Settings with the reference report's defaults, the remote-code rule, eos ids from
-generation_config.json, prompt encoding, the per-prompt record both documents use,
-and capture of everything a process (and the processes it starts) prints.
+The runner interface both engines implement (``Runner``), the records that flow between a runner and its
+stage (``Prompt``, ``Timing``, ``Generation``, ``PromptRecord``), the prompt loop both stages run
+(``run_prompts``), the remote-code rule, eos ids from generation_config.json, prompt encoding, the
+documents' top-level shape, and capture of everything a process (and the processes it starts) prints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from npuport.core.atomic import read_json
 from npuport.core.errors import NpuportError
+from npuport.core.settings import GenerationSettings
 
-REFERENCE_PROMPTS = [
-    "Hello, how are you?",
-    "Explain the concept of ternary quantization in one sentence.",
-    "什么是三元量化?",
-    "The capital of France is",
-]
-
-ENGINE_DEFAULTS: dict[str, Any] = {
-    "dtype": "bfloat16",
-    "max_model_len": 2048,
-    "max_num_seqs": 32,
-    "gpu_memory_utilization": 0.3,
-    "enforce_eager": True,
-    "tensor_parallel_size": 1,
-    "seed": 42,
-}
-GENERATION_DEFAULTS: dict[str, Any] = {
-    "prompts": REFERENCE_PROMPTS,
-    "temperature": 0.0,
-    "seed": 42,
-    "max_tokens": 128,
-    "top_logprobs": 5,
-    "chat_template": False,
-}
-SERVE_DEFAULTS: dict[str, Any] = {
-    "enabled": True,
-    "host": "127.0.0.1",
-    "startup_timeout_s": 180,
-    "request_timeout_s": 60,
-}
-BASELINE_DEFAULTS: dict[str, Any] = {"device": "cpu", "dtype": "float32"}
+log = logging.getLogger(__name__)
 
 LOG_TAIL_LINES = 50
-RECORD_KEYS = (
-    "prompt", "prompt_token_ids", "text", "token_ids", "token_logprobs", "top_logprobs",
-    "finish_reason", "num_tokens", "latency_s", "ttft_s", "tpot_s",
-)  # fmt: skip
 
 
-def settings(defaults: dict[str, Any], given: dict[str, Any] | None, what: str) -> dict[str, Any]:
-    """``given`` over ``defaults``; an unknown key is a user error (a typo would otherwise be ignored)."""
-    given = dict(given or {})
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise NpuportError(None, f"{what} settings: unknown key(s) {', '.join(unknown)}; known: {', '.join(defaults)}")
-    return {**defaults, **given}
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt and the token ids both engines get for it."""
+
+    text: str
+    token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall-clock times of one request; ``method`` says how each was measured (None: the stage says it once)."""
+
+    latency_s: float
+    ttft_s: float | None
+    tpot_s: float | None
+    method: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One prompt's output as a runner returns it."""
+
+    prompt_token_ids: list[int]
+    text: str
+    token_ids: list[int]
+    token_logprobs: list[float | None]  # the chosen token's logprob at every position (None: not finite)
+    top_logprobs: list[list[list]]  # [token_id, logprob] pairs by rank at every position
+    finish_reason: str | None  # "stop" (a stop id, the last of token_ids) or "length"
+    stop_reason: int | str | None
+    timing: Timing
+    engine_prompt_token_ids: list[int] | None = None  # what the engine reports it got (vLLM)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One prompt's entry in smoke.json / baseline.json (``compare`` reads both alike)."""
+
+    prompt: str
+    generation: Generation
+
+    def as_dict(self) -> dict[str, Any]:
+        g = self.generation
+        record = {
+            "prompt": self.prompt,
+            "prompt_token_ids": [int(t) for t in g.prompt_token_ids],
+            "text": g.text,
+            "token_ids": [int(t) for t in g.token_ids],
+            "token_logprobs": g.token_logprobs,
+            "top_logprobs": g.top_logprobs,
+            "finish_reason": g.finish_reason,
+            "num_tokens": g.num_tokens,
+            "latency_s": g.timing.latency_s,
+            "ttft_s": g.timing.ttft_s,
+            "tpot_s": g.timing.tpot_s,
+            "stop_reason": g.stop_reason,
+        }
+        if g.engine_prompt_token_ids is not None:
+            record["engine_prompt_token_ids"] = list(g.engine_prompt_token_ids)
+        if g.timing.method is not None:
+            record["timing_method"] = g.timing.method
+        return record
+
+
+@dataclass(frozen=True)
+class StopTokens:
+    """The ids both engines stop at, and where they come from."""
+
+    ids: list[int]
+    source: str
+
+
+class Runner(Protocol):
+    """What both engines offer their stage (as vLLM's own tests have VllmRunner and HfRunner).
+
+    A context manager: entering loads the model (``load_s`` then says how long it took), leaving
+    releases it. ``platform`` says where it ran, ``engine`` what ran.
+    """
+
+    load_s: float | None
+
+    @property
+    def platform(self) -> dict[str, Any]: ...
+
+    @property
+    def engine(self) -> dict[str, Any]: ...
+
+    def __enter__(self) -> Runner: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
+    def generate_greedy(
+        self, prompt_ids: Sequence[list[int]], max_tokens: int, top_logprobs: int, stop_ids: Sequence[int]
+    ) -> list[Generation]:
+        """Each prompt as a request of its own (timed), in order."""
+        ...
+
+
+@dataclass(frozen=True)
+class PromptRun:
+    """What ``run_prompts`` measured: the warm-up, every prompt alone, and their throughput."""
+
+    warmup: dict[str, Any]
+    records: list[PromptRecord]
+    single: dict[str, Any]
+
+
+def run_prompts(runner: Runner, prompts: Sequence[Prompt], *, generation: GenerationSettings,
+                stop_ids: Sequence[int], warmup_note: str) -> PromptRun:  # fmt: skip
+    """One warm-up request (the first prompt; it carries one-time costs and is left out of throughput),
+    then every prompt alone, timed."""
+
+    def generate(prompt: Prompt) -> Generation:
+        return runner.generate_greedy([prompt.token_ids], generation.max_tokens, generation.top_logprobs, stop_ids)[0]
+
+    first = generate(prompts[0])
+    warmup = {"prompt": prompts[0].text, "num_tokens": first.num_tokens, "latency_s": first.timing.latency_s,
+              "ttft_s": first.timing.ttft_s, "tpot_s": first.timing.tpot_s}  # fmt: skip
+    if first.timing.method is not None:
+        warmup["timing_method"] = first.timing.method
+    warmup["note"] = warmup_note
+    log.info("warm-up: %d tokens in %.2f s", first.num_tokens, first.timing.latency_s)
+    records = []
+    for prompt in prompts:
+        records.append(PromptRecord(prompt.text, generate(prompt)))
+        done = records[-1].generation
+        log.info("prompt %d: %d tokens in %.2f s", len(records), done.num_tokens, done.timing.latency_s)
+    single = throughput(
+        sum(r.generation.num_tokens for r in records), sum(r.generation.timing.latency_s for r in records)
+    )
+    return PromptRun(warmup, records, single)
 
 
 def remote_code_refusal(model_dir: str | Path, trust_remote_code: bool) -> str | None:
@@ -91,7 +188,7 @@ def _as_id_list(value: Any) -> list[int]:
     return [int(v) for v in (value if isinstance(value, list) else [value])]
 
 
-def stop_token_ids(model_dir: str | Path, tokenizer) -> dict[str, Any]:
+def stop_token_ids(model_dir: str | Path, tokenizer) -> StopTokens:
     """The ids both engines stop at: generation_config.json's ``eos_token_id`` (else config.json's), plus
     the tokenizer's eos token, at which vLLM always stops as well."""
     model_dir = Path(model_dir)
@@ -105,7 +202,7 @@ def stop_token_ids(model_dir: str | Path, tokenizer) -> dict[str, Any]:
     if eos is not None and int(eos) not in ids:
         ids.append(int(eos))
         sources.append("tokenizer eos_token_id")
-    return {"ids": ids, "source": " + ".join(sources) or "none: no eos_token_id in the model or tokenizer"}
+    return StopTokens(ids, " + ".join(sources) or "none: no eos_token_id in the model or tokenizer")
 
 
 def load_tokenizer(model_dir: str | Path, trust_remote_code: bool = False):
@@ -127,40 +224,22 @@ def encode_prompt(tokenizer, prompt: str, chat_template: bool) -> list[int]:
     return list(tokenizer(prompt)["input_ids"])
 
 
+def encode_prompts(tokenizer, generation: GenerationSettings) -> list[Prompt]:
+    """The configured prompts with their token ids."""
+    return [Prompt(text, encode_prompt(tokenizer, text, generation.chat_template)) for text in generation.prompts]
+
+
+def prompt_format(generation: GenerationSettings) -> str:
+    """How the prompts became token ids, in words for the documents."""
+    if generation.chat_template:
+        return "tokenizer chat template (user turn, generation prompt), token ids given to the engine"
+    return "raw prompt, tokenizer special tokens (bos) added, token ids given to the engine"
+
+
 def finite(x: float) -> float | None:
     """JSON has no NaN/inf: a non-finite logprob is stored as null."""
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def prompt_record(
-    prompt: str,
-    prompt_token_ids: list[int],
-    text: str,
-    token_ids: list[int],
-    token_logprobs: list[float | None],
-    top_logprobs: list[list[list]],
-    finish_reason: str | None,
-    latency_s: float,
-    ttft_s: float | None,
-    tpot_s: float | None,
-    **extra: Any,
-) -> dict[str, Any]:
-    """The per-prompt record both stages write (``compare`` reads smoke.json and baseline.json alike)."""
-    return {
-        "prompt": prompt,
-        "prompt_token_ids": [int(t) for t in prompt_token_ids],
-        "text": text,
-        "token_ids": [int(t) for t in token_ids],
-        "token_logprobs": token_logprobs,
-        "top_logprobs": top_logprobs,
-        "finish_reason": finish_reason,
-        "num_tokens": len(token_ids),
-        "latency_s": latency_s,
-        "ttft_s": ttft_s,
-        "tpot_s": tpot_s,
-        **extra,
-    }
 
 
 def tpot(first_token_s: float, last_token_s: float, num_tokens: int) -> float | None:
