@@ -54,3 +54,26 @@ def copy_tokenizer(directory: Path) -> None:
     """The embedded model's tokenizer (1024 tokens) and generation config."""
     for name in TOKENIZER_FILES:
         shutil.copy2(EMBEDDED / name, directory / name)
+
+
+def write_plain_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """A random-initialised plain Llama as a model directory (save_pretrained, bf16 safetensors): hidden size 128
+    (a multiple of the ternary group), tied embeddings, LongRoPE with equal factors switching at position 128.
+    Its distributions are flat (transformers' default init), the opposite of the embedded model's."""
+    import math
+
+    head_dim = 32
+    factors = [1.0] * (head_dim // 2)
+    config = LlamaConfig(
+        **(TINY_DIMS | {"hidden_size": 128, "head_dim": head_dim, "num_attention_heads": 4, "intermediate_size": 256,
+                        "tie_word_embeddings": True, "max_position_embeddings": 2048}),
+        rope_scaling={"rope_type": "longrope", "long_factor": factors, "short_factor": factors,
+                      "original_max_position_embeddings": 128},
+        bos_token_id=1, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    assert math.isclose(config.max_position_embeddings / 128, 16)
+    model.save_pretrained(directory, safe_serialization=True)
+    copy_tokenizer(directory)
+    return directory

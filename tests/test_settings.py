@@ -92,7 +92,7 @@ def test_from_config_fills_missing_keys_and_keeps_given_ones():
     assert engine.max_model_len == 512 and engine.dtype == "bfloat16" and engine.enforce_eager is True
     compare = CompareSettings.from_config({"window": 48, "thresholds": {"max_abs_logprob_diff": 1.0}})
     assert compare.window == 48 and compare.thresholds.max_abs_logprob_diff == 1.0
-    assert compare.thresholds.min_top1_agreement == 0.95
+    assert compare.thresholds.min_top1_agreement is None and compare.floor_ratio == 2.0  # fixed limits: opt-in
     generation = GenerationSettings.from_config({"prompts": ["a", "b"]})
     assert generation.prompts == ("a", "b") and generation.as_dict()["prompts"] == ["a", "b"]
     assert FuseSettings.from_config({"max_shard_size": "1GiB"}).max_shard_bytes == 2**30

@@ -83,6 +83,7 @@ def test_summary_of_identical_sides_is_zero_and_ppl_ratio_of_a_shift_is_exact():
     assert shifted["perplexity"]["ln_ratio"] == pytest.approx(0.25)
     assert shifted["perplexity"]["ln_ratio_se"] == pytest.approx(0.0, abs=1e-7)
     assert shifted["perplexity"]["other"] / shifted["perplexity"]["base"] == pytest.approx(math.exp(0.25))
+    assert shifted["abs_delta_logprob"] == pytest.approx({"mean": 0.25, "max": 0.25})
 
 
 def test_chunks_and_buckets_give_the_statistics_of_the_whole():

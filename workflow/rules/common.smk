@@ -22,6 +22,7 @@ ARTIFACTS = {
     "model": f"{RESULTS}/model",
     "env": f"{RESULTS}/env.json",
     "smoke": f"{RESULTS}/smoke.json",
+    "capture": f"{RESULTS}/capture",
     "baseline": f"{RESULTS}/baseline.json",
     "compare": f"{RESULTS}/compare.json",
     "report": f"{RESULTS}/report.md",

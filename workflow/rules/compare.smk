@@ -1,6 +1,7 @@
 rule compare:
     input:
-        smoke=rules.smoke.output[0],
+        smoke=rules.smoke.output.smoke,
+        capture=rules.smoke.output.capture,
         baseline=rules.baseline.output[0],
         model=rules.fuse.output[0],
     output:
@@ -15,7 +16,7 @@ rule compare:
     resources:
         mem_mb=4000,
     params:
-        compare=config["compare"],
+        compare=model_setting("compare"),
         trust_remote_code=model_field("trust_remote_code", False),
         code=script_code("compare"),
     script:

@@ -28,7 +28,7 @@ rule report_model:
         repair=rules.repair_config.output.report,
         model=rules.fuse.output[0],
         env=rules.env_probe.output[0],
-        smoke=rules.smoke.output[0],
+        smoke=rules.smoke.output.smoke,
         baseline=rules.baseline.output[0],
         compare=rules.compare.output[0],
         benchmarks=[getattr(rules, stage).benchmark for stage in REPORTED_STAGES],

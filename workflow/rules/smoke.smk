@@ -1,9 +1,10 @@
 rule smoke:
     input:
         model=rules.fuse.output[0],
-        perplexity_text=config["perplexity"]["text"],
+        evaluation_text=config["evaluation"]["text"],
     output:
-        ARTIFACTS["smoke"],
+        smoke=ARTIFACTS["smoke"],
+        capture=directory(ARTIFACTS["capture"]),
     log:
         log_file("smoke"),
     benchmark:
@@ -19,6 +20,7 @@ rule smoke:
         engine=model_setting("engine"),
         generation=config["generation"],
         serve=config["serve"],
+        evaluation=config["evaluation"],
         trust_remote_code=model_field("trust_remote_code", False),
         code=script_code("smoke"),
     script:

@@ -10,6 +10,7 @@ def main(smk):
         read_json(smk.input.baseline),
         smk.input.model,
         CompareSettings.from_config(smk.params.compare),
+        capture_dir=smk.input.capture,
         trust_remote_code=bool(smk.params.trust_remote_code),
     )
     write_json(smk.output[0], document)

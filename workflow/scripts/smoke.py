@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from npuport.core.atomic import write_json
-from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
+from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings, ServeSettings
 from npuport.core.stage import run_stage
 from npuport.engines.smoke import run_smoke
 
@@ -13,9 +13,11 @@ def main(smk):
         generation=GenerationSettings.from_config(smk.params.generation),
         serve=ServeSettings.from_config(smk.params.serve),
         trust_remote_code=bool(smk.params.trust_remote_code),
-        perplexity_text=Path(smk.input.perplexity_text).read_text(encoding="utf-8"),
+        evaluation=EvaluationSettings.from_config(smk.params.evaluation),
+        evaluation_text=Path(smk.input.evaluation_text).read_text(encoding="utf-8"),
+        capture_dir=smk.output.capture,
     )
-    write_json(smk.output[0], doc)
+    write_json(smk.output.smoke, doc)
 
 
 # vLLM starts its engine processes with "spawn", which re-imports this file as __mp_main__:

@@ -5,17 +5,29 @@ near-tie (each side's token in the other's top-k and a small logprob gap, vLLM's
 ``check_logprobs_close`` convention plus our gap) or a real divergence.
 Teacher-forced: the reference scores the engine's exact prompt+output tokens, and at every
 position the engine's top-k logprobs are compared with the reference's logprobs of the same tokens.
+Full distribution: on the evaluation text the engine's captured logits against the reference's, in
+llama.cpp's --kl-divergence statistics (npuport.compare.statistics), per RoPE bucket too.
+Every metric is measured twice, for the engine and for the noise floor (npuport.compare.floor), and the
+gates are relative to the floor (npuport.compare.gates).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from npuport.compare.floor import (
+    Reference,
+    engine_dtype,
+    evaluate_segments,
+    kld_quantiles,
+    low_precision_logits,
+)
+from npuport.compare.gates import gate_checks
+from npuport.core.atomic import read_json
 from npuport.core.settings import CompareSettings
 
 # Threshold name -> (metric key in the overall metrics, comparison that passes).
@@ -102,42 +114,32 @@ def topk_metrics(engine_top: list[dict[int, float]], reference_logprobs: torch.T
     }
 
 
-class Reference:
-    """The reference model (transformers) that scores token sequences."""
-
-    def __init__(self, model_dir: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
-        from transformers import AutoModelForCausalLM
-
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
-        ).eval()
-
-    @torch.no_grad()
-    def logprobs(self, token_ids: list[int]) -> torch.Tensor:
-        """log_softmax (float32) of the next-token logits at every position of ``token_ids``."""
-        logits = self.model(torch.tensor([token_ids])).logits[0].float()
-        return torch.log_softmax(logits, dim=-1)
+def generated_rows(record: dict, rows: torch.Tensor) -> torch.Tensor:
+    """The rows of a prompt+output sequence's next-token distributions that predict the output tokens."""
+    start = len(record["prompt_token_ids"]) - 1
+    return rows[start : start + len(record["token_ids"])]
 
 
-def teacher_forced(reference: Reference, record: dict) -> dict:
-    """Score the engine's prompt+output with the reference; compare at every generated position."""
-    prompt, output = record["prompt_token_ids"], record["token_ids"]
-    if not output:
+def teacher_forced(reference_logprobs: torch.Tensor, record: dict) -> dict:
+    """The engine's top-k at every generated position against the reference's logprobs of the same tokens."""
+    if not record["token_ids"]:
         return topk_metrics([], torch.empty(0, 0))
-    logprobs = reference.logprobs(prompt + output)
-    generated = logprobs[len(prompt) - 1 : len(prompt) - 1 + len(output)]
-    return topk_metrics([_top(record, i) for i in range(len(output))], generated)
+    return topk_metrics([_top(record, i) for i in range(len(record["token_ids"]))], reference_logprobs)
 
 
-def perplexity(token_ids: list[int], token_logprobs: list[float | None]) -> float:
-    """exp(-mean logprob) over the positions that have a logprob (the first token has none)."""
-    scored = [lp for lp in token_logprobs if lp is not None]
-    return math.exp(-sum(scored) / len(scored))
+def floor_teacher_forced(reference_logprobs: torch.Tensor, low_logits: torch.Tensor, record: dict) -> dict:
+    """The same metrics for the reference at the engine's dtype: its own top-k (as many as the engine gave)."""
+    low = torch.log_softmax(low_logits.float(), dim=-1)
+    tops = []
+    for i in range(len(record["token_ids"])):
+        values, ids = low[i].topk(len(record["top_logprobs"][i]))
+        tops.append(dict(zip(ids.tolist(), values.tolist(), strict=True)))
+    return topk_metrics(tops, reference_logprobs)
 
 
-def _pooled(per_prompt: list[dict]) -> dict:
+def _pooled(per_prompt: list[dict], key: str = "teacher_forced") -> dict:
     """Metrics over all positions of all prompts (weighted by positions)."""
-    metrics = [p["teacher_forced"] for p in per_prompt if p["teacher_forced"]["positions"]]
+    metrics = [p[key] for p in per_prompt if p[key]["positions"]]
     n = sum(m["positions"] for m in metrics)
     if not n:
         return {}
@@ -174,60 +176,145 @@ def not_measured(smoke: dict, baseline: dict, settings: Mapping[str, Any]) -> di
 
 
 def compare(
-    smoke: dict, baseline: dict, model_dir: str | Path, settings: CompareSettings, *, trust_remote_code: bool = False
+    smoke: dict,
+    baseline: dict,
+    model_dir: str | Path,
+    settings: CompareSettings,
+    *,
+    capture_dir: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """The compare.json document: ``smoke`` (smoke.json) against ``baseline`` (baseline.json), the reference
-    model in ``model_dir`` scoring the engine's tokens."""
+    model in ``model_dir`` scoring the engine's tokens at full precision and at the engine's dtype (the floor);
+    ``capture_dir`` holds the engine's logits on the evaluation text (smoke's capture)."""
     recorded = settings.as_dict()
     if smoke.get("status") != "ok" or baseline.get("status") != "ok":
         return not_measured(smoke, baseline, recorded)
-    reference = Reference(model_dir, settings.reference_dtype, trust_remote_code)
-    references = {r["prompt"]: r for r in baseline["prompts"]}
-    prompts = []
-    for record in smoke["prompts"]:
-        free = first_divergence(record, references[record["prompt"]], settings.window)
-        free["classification"] = classify(free["divergence"], settings.benign_logprob_gap)
-        prompts.append({"prompt": record["prompt"], **free, "teacher_forced": teacher_forced(reference, record)})
-    overall = _pooled(prompts)
-    overall |= _perplexities(smoke, reference)
-    checks = threshold_checks(overall, recorded["thresholds"])
-    real = [p["prompt"] for p in prompts if p["classification"] == "real divergence"]
-    checks.append(
-        {"threshold": "no_real_divergence", "metric": "real divergences", "value": len(real), "op": "==", "limit": 0}
-        | {"passed": not real}
-    )
+    config = read_json(Path(model_dir) / "config.json")
+    low_dtype = engine_dtype(smoke["settings"]["engine"]["dtype"], config)
+    records = smoke["prompts"]
+    evaluation = smoke.get("evaluation") or {}
+    segments = evaluation.get("segments") or [] if capture_dir else []
+
+    def reference(dtype: str) -> Reference:
+        return Reference(model_dir, dtype, trust_remote_code)
+
+    low = reference(low_dtype)
+    low_prompts = low_precision_logits(low, [r["prompt_token_ids"] + r["token_ids"] for r in records])
+    low_segments = low_precision_logits(low, segments)
+    low.close()
+    full = reference(settings.reference_dtype)
+    prompts = _prompt_comparisons(full, records, baseline, low_prompts, settings)
+    accumulators = evaluate_segments(full, segments, low_logits=low_segments,
+                                     engine_logits=lambda i: _engine_logits(capture_dir, evaluation, i))  # fmt: skip
+    full.close()
+    sides = {
+        "engine": {"prompts": _pooled(prompts, "teacher_forced")},
+        "floor": {"prompts": _pooled(prompts, "floor_teacher_forced")},
+    }
+    evaluation_doc = _evaluation(evaluation, accumulators, sides) if segments else _no_evaluation(evaluation)
+    overall = sides["engine"]["prompts"] | _text_metrics(sides["engine"].get("evaluation"))
+    checks = gate_checks(sides["engine"], sides["floor"], ratio=settings.floor_ratio, ratios=settings.gate_ratio)
+    checks += threshold_checks(overall, {k: v for k, v in recorded["thresholds"].items() if v is not None})
+    checks.append(_divergence_check(prompts))
     failed = [c["threshold"] for c in checks if c["passed"] is False]
     return {
         "status": "failed" if failed else "passed",
         "reason": "failed: " + ", ".join(failed) if failed else None,
         "settings": recorded,
         "engine": {"smoke": smoke.get("platform"), "baseline": baseline.get("platform")},
+        "floor": {
+            "reference_dtype": settings.reference_dtype,
+            "engine_dtype": low_dtype,
+            "method": FLOOR_METHOD,
+            "prompts": sides["floor"]["prompts"],
+        },  # fmt: skip
         "prompts": prompts,
         "overall": overall,
+        "evaluation": evaluation_doc,
         "checks": checks,
     }
 
 
-def _perplexities(smoke: dict, reference: Reference) -> dict:
-    """Perplexity of both sides on the fixed text, and the per-token logprob difference along it.
+FLOOR_METHOD = (
+    "transformers at the engine's dtype against transformers at reference_dtype, on exactly the tokens the "
+    "engine saw (prompts + its outputs, and the evaluation segments)"
+)
 
-    The text is scored teacher-forced by both (the engine through prompt logprobs), so unlike the
-    model's confident answers it compares the two where the next token is uncertain.
-    """
-    ppl = smoke.get("perplexity") or {}
-    if not ppl.get("token_ids"):
-        keys = ("perplexity_engine", "perplexity_reference", "perplexity_rel_diff", "text_tokens")
-        return dict.fromkeys(keys + ("text_mean_abs_logprob_diff", "text_max_abs_logprob_diff"))
-    ids, engine_lps = ppl["token_ids"], ppl["token_logprobs"]
-    logprobs = reference.logprobs(ids)
-    reference_lps = [None] + [float(logprobs[i - 1, t]) for i, t in enumerate(ids) if i > 0]
-    diffs = [abs(e - r) for e, r in zip(engine_lps, reference_lps, strict=True) if e is not None and r is not None]
-    engine, ref = perplexity(ids, engine_lps), perplexity(ids, reference_lps)
+
+def _prompt_comparisons(full: Reference, records: list[dict], baseline: dict, low: list, settings) -> list[dict]:
+    references = {r["prompt"]: r for r in baseline["prompts"]}
+    prompts = []
+    for record, low_logits in zip(records, low, strict=True):
+        free = first_divergence(record, references[record["prompt"]], settings.window)
+        free["classification"] = classify(free["divergence"], settings.benign_logprob_gap)
+        reference = generated_rows(record, full.logprobs(record["prompt_token_ids"] + record["token_ids"]))
+        prompts.append({
+            "prompt": record["prompt"], **free, "teacher_forced": teacher_forced(reference, record),
+            "floor_teacher_forced": floor_teacher_forced(reference, generated_rows(record, low_logits), record),
+        })  # fmt: skip
+    return prompts
+
+
+def _engine_logits(capture_dir: str | Path | None, evaluation: dict, index: int) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(capture_dir) / evaluation["capture"]["files"][index]))["logits"]
+
+
+def _evaluation(evaluation: dict, accumulators: dict, sides: dict) -> dict:
+    """compare.json's evaluation part: both sides' statistics (whole text and RoPE buckets), the KLD CDFs."""
+    switch = evaluation.get("rope_switch") or {}
+    for side, accumulator in accumulators.items():
+        sides[side]["evaluation"] = accumulator.summary()
+        if switch.get("position") is not None:
+            sides[side] |= accumulator.bucket_summaries(switch["position"])
+    buckets = None
+    if switch.get("position") is not None:
+        buckets = {b: {s: sides[s][b] for s in sides} for b in ("before", "after")}
     return {
-        "perplexity_engine": engine,
-        "perplexity_reference": ref,
-        "perplexity_rel_diff": abs(engine - ref) / ref,
-        "text_tokens": len(ids),
-        "text_mean_abs_logprob_diff": sum(diffs) / len(diffs),
-        "text_max_abs_logprob_diff": max(diffs),
+        "status": "measured",
+        "text_tokens": evaluation.get("text_tokens"),
+        "segments": len(evaluation.get("segments") or []),
+        "segment_length": evaluation.get("segment_length"),
+        "rope_switch": switch,
+        "full_vocabulary": True,
+        "method": STATISTICS_METHOD,
+        "engine": sides["engine"]["evaluation"],
+        "floor": sides["floor"]["evaluation"],
+        "buckets": buckets,
+        "kld_quantiles": {side: kld_quantiles(accumulator) for side, accumulator in accumulators.items()},
     }
+
+
+STATISTICS_METHOD = (
+    "llama.cpp --kl-divergence statistics over the full vocabulary at every position: base = transformers at "
+    "reference_dtype; engine = the engine's own logits captured in its workers; floor = transformers at the "
+    "engine's dtype"
+)
+
+
+def _no_evaluation(evaluation: dict) -> dict:
+    reason = evaluation.get("reason") or "the engine captured no logits on the evaluation text"
+    return {"status": "not measured", "reason": reason, "full_vocabulary": False}
+
+
+def _text_metrics(statistics: dict | None) -> dict:
+    """The evaluation text's summary in the names the optional absolute thresholds use."""
+    if not statistics or not statistics.get("n"):
+        return {}
+    ppl = statistics["perplexity"]
+    return {
+        "perplexity_engine": ppl["other"],
+        "perplexity_reference": ppl["base"],
+        "perplexity_rel_diff": abs(ppl["other"] - ppl["base"]) / ppl["base"],
+        "text_tokens": statistics["n"],
+        "text_mean_abs_logprob_diff": statistics["abs_delta_logprob"]["mean"],
+        "text_max_abs_logprob_diff": statistics["abs_delta_logprob"]["max"],
+    }
+
+
+def _divergence_check(prompts: list[dict]) -> dict:
+    real = [p["prompt"] for p in prompts if p["classification"] == "real divergence"]
+    return {"threshold": "no_real_divergence", "kind": "tokens", "metric": "real divergences", "value": len(real),
+            "op": "==", "limit": 0, "passed": not real}  # fmt: skip

@@ -137,6 +137,10 @@ def summarize(values: dict[str, np.ndarray]) -> dict:
             "rms_se": 0.5 / rms * mse_se if rms > 0 else 0.0,
             **{name: percentile(p_diff, f) for name, f in DP_PERCENTILES.items()},
         },
+        "abs_delta_logprob": {
+            "mean": float(np.mean(np.abs(values["nll_other"] - values["nll_base"]))),
+            "max": float(np.max(np.abs(values["nll_other"] - values["nll_base"]))),
+        },
         "perplexity": {
             "base": math.exp(float(np.mean(values["nll_base"]))),
             "other": math.exp(float(np.mean(values["nll_other"]))),

@@ -26,7 +26,7 @@ CONFIG_README = SCHEMA_PATH.parents[2] / "config" / "README.md"
 CONFIG_DOCS_COMMAND = "python -m npuport config-docs > config/README.md"
 
 # Sections a model entry may override key by key.
-OVERRIDABLE = ("fuse", "introspect", "engine", "baseline")
+OVERRIDABLE = ("fuse", "introspect", "engine", "baseline", "compare")
 
 _SIZE_UNITS = {
     "B": 1,
@@ -311,14 +311,16 @@ class ServeSettings(Settings):
 
 @dataclass(frozen=True)
 class ThresholdSettings(Settings):
+    """Optional fixed limits; None: not checked (the floor-relative gates always are)."""
+
     SECTION: ClassVar[str] = "compare.thresholds"
-    min_top1_agreement: float
-    max_mean_abs_logprob_diff: float
-    max_abs_logprob_diff: float
-    max_mean_topk_kl: float
-    max_perplexity_rel_diff: float
-    max_text_mean_abs_logprob_diff: float
-    max_text_max_abs_logprob_diff: float
+    min_top1_agreement: float | None
+    max_mean_abs_logprob_diff: float | None
+    max_abs_logprob_diff: float | None
+    max_mean_topk_kl: float | None
+    max_perplexity_rel_diff: float | None
+    max_text_mean_abs_logprob_diff: float | None
+    max_text_max_abs_logprob_diff: float | None
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,17 @@ class CompareSettings(Settings):
     window: int | None
     benign_logprob_gap: float
     reference_dtype: str
+    floor_ratio: float
+    gate_ratio: dict[str, float]
     thresholds: ThresholdSettings
+
+
+@dataclass(frozen=True)
+class EvaluationSettings(Settings):
+    SECTION: ClassVar[str] = "evaluation"
+    text: str
+    segment_tokens: int
+    max_tokens: int
 
 
 # --- the config reference (config/README.md) ----------------------------------------------------------------------

@@ -89,9 +89,9 @@ def depth(point: str) -> tuple[int, int]:
 
 def collect(model: torch.nn.Module, path: str | None = None) -> dict:
     """The tensors captured since the last collect, concatenated per point; cleared afterwards. With ``path``
-    they are written there (safetensors, float32) and only their shapes come back, so large captures do not
-    travel through vLLM's RPC."""
-    captured = {p: torch.cat(chunks).float().contiguous() for p, chunks in _state["captured"].items()}
+    they are written there (safetensors, in the engine's own dtype) and only their shapes come back, so large
+    captures do not travel through vLLM's RPC."""
+    captured = {p: torch.cat(chunks).contiguous() for p, chunks in _state["captured"].items()}
     _state["captured"] = {}
     if path is None:
         return captured

@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
+from npuport.core.atomic import atomic_dir, read_json
+from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings, ServeSettings
+from npuport.engines.evaluation import plan_segments, rope_switch, segment_length
 from npuport.engines.records import (
     Prompt,
     PromptRecord,
@@ -61,10 +63,13 @@ def run_smoke(
     serve: ServeSettings,
     trust_remote_code: bool = False,
     server_log: str | Path | None = None,
-    perplexity_text: str | None = None,
+    evaluation: EvaluationSettings | None = None,
+    evaluation_text: str | None = None,
+    capture_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run the engine under test on ``model_dir`` and return the smoke.json document.
-    ``perplexity_text``, when given, is scored token by token (prompt logprobs) for perplexity."""
+    """Run the engine under test on ``model_dir`` and return the smoke.json document. With ``evaluation_text``
+    and ``capture_dir``, the engine's logits at every position of the text's segments are captured there
+    (npuport.engines.evaluation), for compare's full-distribution statistics."""
     model_dir = Path(model_dir).resolve()
     base = {
         "settings": {"engine": engine.as_dict(), "generation": generation.as_dict(), "serve": serve.as_dict(),
@@ -81,11 +86,11 @@ def run_smoke(
     prompts = encode_prompts(tokenizer, generation)
     stop = stop_token_ids(model_dir, tokenizer)
     base["settings"].update(stop_token_ids=stop.ids, stop_token_ids_source=stop.source)
-    perplexity_ids = tokenizer(perplexity_text)["input_ids"] if perplexity_text else None
+    plan = evaluation_plan(model_dir, tokenizer, engine=engine, evaluation=evaluation, text=evaluation_text)
 
     with captured_output() as log_file:
         run = offline_run(model_dir, prompts, log_file, engine=engine, generation=generation, stop_ids=stop.ids,
-                          trust_remote_code=trust_remote_code, perplexity_ids=perplexity_ids)  # fmt: skip
+                          trust_remote_code=trust_remote_code, evaluation=plan, capture_dir=capture_dir)  # fmt: skip
         log_tail = tail_lines(log_file)
     if run.reason:
         log.warning("smoke: %s: %s", run.status, run.reason)
@@ -108,7 +113,8 @@ def offline_run(
     generation: GenerationSettings,
     stop_ids: list[int],
     trust_remote_code: bool,
-    perplexity_ids: list[int] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    capture_dir: str | Path | None = None,
 ) -> OfflineRun:
     """Start the offline engine, measure everything, shut it down. ``log_file`` holds what the engine
     printed so far (its KV cache lines)."""
@@ -126,8 +132,8 @@ def offline_run(
             records = measured.records
             fields.update(warmup=measured.warmup, prompts=[r.as_dict() for r in records],
                           throughput={"single": measured.single, "batch": batch})  # fmt: skip
-            if perplexity_ids:
-                fields["perplexity"] = runner.score_text(perplexity_ids)
+            if evaluation is not None:
+                fields["evaluation"] = capture_evaluation(runner, evaluation, capture_dir)
             fields["kv_cache"] = runner.kv_cache(log_file.read_text(encoding="utf-8", errors="replace"))
     except Exception as exc:  # an engine that does not start or fails to generate is the stage's finding
         log.exception("vLLM failed")
@@ -137,6 +143,30 @@ def offline_run(
         fields["load_seconds"] = runner.load_s
         fields["engine_shutdown"] = runner.shutdown
     return OfflineRun(status, reason, fields, records, runner.shutdown)
+
+
+def evaluation_plan(
+    model_dir: Path, tokenizer, *, engine: EngineSettings, evaluation: EvaluationSettings | None, text: str | None
+) -> dict[str, Any] | None:
+    """The evaluation text's segments for this model (None without a text): bos-led, crossing the RoPE switch."""
+    if evaluation is None or not text:
+        return None
+    switch = rope_switch(read_json(model_dir / "config.json"), engine.max_model_len)
+    length = segment_length(evaluation.segment_tokens, engine.max_model_len, switch)
+    token_ids = tokenizer(text)["input_ids"]
+    segments = plan_segments(token_ids, length=length, bos=tokenizer.bos_token_id, max_tokens=evaluation.max_tokens)
+    return {"text_tokens": len(token_ids), "segment_length": length, "rope_switch": switch.as_dict(),
+            "segments": segments}  # fmt: skip
+
+
+def capture_evaluation(runner: VllmRunner, plan: dict[str, Any], capture_dir: str | Path | None) -> dict[str, Any]:
+    """The engine's logits on every evaluation segment, written atomically to ``capture_dir``."""
+    if capture_dir is None:
+        return plan | {"capture": None, "reason": "no capture directory given"}
+    with atomic_dir(capture_dir) as staging:
+        captured = runner.capture(plan["segments"], staging)
+    log.info("captured the engine's logits on %d evaluation segments", len(plan["segments"]))
+    return plan | {"capture": captured}
 
 
 def measure(

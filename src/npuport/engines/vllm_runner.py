@@ -36,6 +36,11 @@ METRICS_TIMING = {
     "ttft_s": "vLLM RequestOutput.metrics.first_token_latency (arrival to first token)",
     "tpot_s": "vLLM RequestOutput.metrics: (last_token_ts - first_token_ts) / (num_tokens - 1)",
 }
+INSECURE_SERIALIZATION = "VLLM_ALLOW_INSECURE_SERIALIZATION"
+CAPTURE_METHOD = (
+    "forward hooks registered through LLM.apply_model in the engine's workers: the final norm's output and "
+    "the model's own compute_logits on it, at every position of each segment"
+)
 WALL_CLOCK_TIMING = {
     "latency_s": LATENCY_METHOD,
     "ttft_s": "wall clock of a separate max_tokens=1 request with the same prompt (no request metrics)",
@@ -71,6 +76,7 @@ class VllmRunner:
         self.shutdown: dict[str, Any] | None = None
         self._llm = None
         self._before: tuple[set[int], float] = (set(), 0.0)
+        self._saved_env: str | None = None
 
     @property
     def started(self) -> bool:
@@ -80,6 +86,10 @@ class VllmRunner:
         from vllm import LLM
 
         self._before = engine_children(), host_available_gib()
+        # capture() sends functions to this engine's workers (LLM.apply_model): vLLM allows that only when this is
+        # set as its processes start; it is put back on exit, so the serve check's server does not inherit it
+        self._saved_env = os.environ.get(INSECURE_SERIALIZATION)
+        os.environ[INSECURE_SERIALIZATION] = "1"
         log.info("starting vLLM %s on %s", self.versions["version"], self.model_dir)
         start = time.perf_counter()
         self._llm = LLM(model=str(self.model_dir), trust_remote_code=self.trust_remote_code, disable_log_stats=False,
@@ -92,6 +102,10 @@ class VllmRunner:
         if self._llm is not None:
             llm, self._llm = self._llm, None
             self.shutdown = shut_down(llm, *self._before)
+        if self._saved_env is None:
+            os.environ.pop(INSECURE_SERIALIZATION, None)
+        else:
+            os.environ[INSECURE_SERIALIZATION] = self._saved_env
 
     @property
     def platform(self) -> dict[str, Any]:
@@ -128,15 +142,33 @@ class VllmRunner:
         outs = self._llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         return [list(o.outputs[0].token_ids) for o in outs], time.perf_counter() - start
 
-    def score_text(self, token_ids: list[int]) -> dict[str, Any]:
-        """The engine's logprob of every token of a fixed text (prompt logprobs), for perplexity."""
+    def capture(self, segments: Sequence[list[int]], directory: str | Path, *, points: str = "logits") -> dict:
+        """Teacher-forced capture: each segment as a request of its own, the engine's logits (and with
+        ``points="all"`` its hidden states) at every position written by the worker to
+        ``directory/segment-NNN.safetensors`` (npuport.engines.capture). Prefix caching is reset before each
+        request, so every position is computed, not served from the cache."""
         from vllm import SamplingParams
 
-        params = SamplingParams(max_tokens=1, prompt_logprobs=1)
-        out = self._llm.generate([{"prompt_token_ids": token_ids}], params, use_tqdm=False)
-        per_token = zip(token_ids, out[0].prompt_logprobs, strict=True)
-        scored = [None if lps is None else float(lps[t].logprob) for t, lps in per_token]
-        return {"token_ids": token_ids, "token_logprobs": scored, "method": "vLLM prompt_logprobs of the text's tokens"}
+        from npuport.engines import capture
+
+        params = SamplingParams(max_tokens=1, temperature=0.0)
+        directory = Path(directory)
+        names = self._llm.apply_model(functools.partial(capture.install, points=points))[0]
+        files = []
+        try:
+            for index, ids in enumerate(segments):
+                self._llm.reset_prefix_cache()
+                self._llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)
+                path = directory / f"segment-{index:03d}.safetensors"
+                shapes = self._llm.apply_model(functools.partial(capture.collect, path=str(path)))[0]
+                if shapes["logits"][0] != len(ids):
+                    raise RuntimeError(f"captured {shapes['logits'][0]} positions of a {len(ids)}-token segment")
+                path.chmod(0o644 & ~_umask())  # written by the worker as a private temporary; published as usual
+                files.append(path.name)
+        finally:
+            self._llm.apply_model(capture.remove)
+        mode = "eager" if self.settings.enforce_eager else "compiled (hooks may not fire inside captured graphs)"
+        return {"points": names, "files": files, "mode": mode, "method": CAPTURE_METHOD}
 
     def kv_cache(self, log_text: str) -> dict[str, Any]:
         return kv_cache_info(self._llm, log_text)
@@ -149,6 +181,12 @@ class VllmRunner:
 
         return SamplingParams(temperature=self.temperature, seed=self.seed, max_tokens=max_tokens,
                               logprobs=top_logprobs, stop_token_ids=list(stop_ids))  # fmt: skip
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def dist_version(name: str) -> str | None:
