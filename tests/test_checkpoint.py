@@ -166,8 +166,8 @@ def test_safetensors_data_cut_short(tmp_path):
 @pytest.mark.parametrize(
     ("header", "problem"),
     [
-        (b"{not json", "not UTF-8 JSON"),
-        (b'{"a": "\xff\xfe"}', "not UTF-8 JSON"),
+        (b"{not json", "safetensors header is not valid JSON"),
+        (b'{"a": "\xff\xfe"}', "safetensors header is not valid UTF-8"),
         (b"[1, 2]", "JSON list, not an object"),
         (json.dumps({"a": [1]}).encode(), "not an object"),
         (json.dumps({"a": {"dtype": "Q7", "shape": [1], "data_offsets": [0, 1]}}).encode(), "unsupported dtype"),
@@ -181,7 +181,7 @@ def test_safetensors_data_cut_short(tmp_path):
 def test_malformed_safetensors_header(tmp_path, header, problem):
     path = write_raw_safetensors(tmp_path / "model.safetensors", header, data=bytes(16))
     message = _raises_naming(path, problem)
-    if b'"a"' in header and problem not in ("not UTF-8 JSON",):
+    if b'"a"' in header and "not valid" not in problem:
         assert "'a'" in message
 
 

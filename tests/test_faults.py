@@ -71,7 +71,7 @@ def test_missing_tokenizer(latent, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pytorch_model.bin", "config.json"):
-        (src / name).symlink_to(latent / name)
+        os.link(latent / name, src / name)  # a symlink out of src would be refused (tests/test_hostile_input.py)
     with pytest.raises(NpuportError, match=f"{src}: no tokenizer in the checkpoint"):
         _check_tokenizer(src)
 
@@ -86,7 +86,7 @@ def test_broken_tokenizer_file(latent, tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     for name in ("pytorch_model.bin", "config.json", *TOKENIZER_FILES):
-        (src / name).symlink_to(latent / name)
+        os.link(latent / name, src / name)
     (src / "tokenizer.json").unlink()
     (src / "tokenizer.json").write_text('{"model": ')
     with pytest.raises(NpuportError, match="tokenizer does not load"):
@@ -194,3 +194,33 @@ def test_sigkill_during_download_then_rerun_incomplete_gives_identical_files(tmp
     expected = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in source.iterdir() if p.is_file()}
     assert {f["path"]: f["sha256"] for f in manifest["files"]} == expected
     assert all(f["verified"] for f in manifest["files"])
+
+
+# --- hostile checkpoints in the workflow: one line on the console, the traceback-free log path beside it ---------
+
+
+@pytest.mark.e2e
+def test_hostile_checkpoints_in_the_workflow_fail_in_one_line_each(tmp_path):
+    """Two crafted local sources (see tests/test_hostile_input.py): a symlink out of the source, refused by
+    download; a config.json with NaN, refused by introspect. Each stage prints its one line; with the profile's
+    show-failed-logs off no traceback or log body reaches the console, and nothing outside is copied."""
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$secret-hash:19000:0:99999:7:::\n")
+    leaky = write_latent_checkpoint(tmp_path / "leaky", tiny_model(seed=5))
+    (leaky / "extra.txt").symlink_to(secret)
+    nan = write_latent_checkpoint(tmp_path / "nan", tiny_model(seed=5))
+    (nan / "config.json").write_text((nan / "config.json").read_text()[:-1] + ', "rope_theta": NaN}')
+    workdir = copy_workflow(tmp_path / "wf")
+    models = [{"name": n, "source": {"kind": "local", "path": str(tmp_path / n)}} for n in ("leaky", "nan")]
+    (workdir / "hostile.yaml").write_text(json.dumps({"models": models}))
+    targets = ["results/leaky/introspect.json", "results/nan/introspect.json"]
+    result = run_snakemake(workdir, *targets, "--configfile", "hostile.yaml", "--keep-going", check=False)
+    output = result.stdout
+    assert result.returncode != 0
+    assert f"download: error: {leaky / 'extra.txt'}: refused: symlink points outside the source directory" in output
+    assert "introspect: error: results/nan/download/config.json: refused: NaN is not a JSON number" in output, output
+    assert "Traceback" not in output
+    assert "logs/leaky/download.log" in output and "logs/nan/introspect.log" in output
+    assert not (workdir / "results" / "leaky" / "download").exists()
+    leaked = [p for p in workdir.rglob("*") if p.is_file() and not p.is_symlink() and b"secret-hash" in p.read_bytes()]
+    assert leaked == []

@@ -369,5 +369,5 @@ def test_not_a_llama_checkpoint(tmp_path):
 
 
 def test_bad_sample_rows(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(NpuportError, match="sample_rows: 0 is not a positive integer"):
         introspect_checkpoint(tmp_path, sample_rows=0)

@@ -43,6 +43,7 @@ def _inspect(args: argparse.Namespace) -> None:
 def _fuse(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from npuport.core.paths import check_output_dir
     from npuport.weights.fuse import fuse
     from npuport.weights.introspect import introspect_checkpoint
     from npuport.weights.repair_config import repair
@@ -52,6 +53,7 @@ def _fuse(args: argparse.Namespace) -> None:
         {"mode": args.mode, "group_size": args.group_size, "max_shard_size": args.max_shard_size,
          "dtype": args.dtype, "minicpm": args.minicpm}
     )  # fmt: skip
+    check_output_dir(args.out, source=args.path, force=args.force)  # before anything is read or written
     introspection = introspect_checkpoint(args.path, sample_rows=IntrospectSettings.from_config().sample_rows)
     config, _ = repair(Path(args.path) / "config.json", introspection, args.trust_remote_code)
     check_checkpoint_tokenizer(args.path, config, args.trust_remote_code)
@@ -101,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_option(fuse, "fuse", "dtype")
     _config_option(fuse, "fuse", "minicpm")
     fuse.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with the checkpoint")
+    fuse.add_argument(
+        "--force", action="store_true", help="replace OUT if it exists and is not empty (never the source or cwd)"
+    )
     fuse.set_defaults(run=_fuse)
     docs = commands.add_parser(
         "config-docs", help="print the config reference (config/README.md) generated from the config schema"

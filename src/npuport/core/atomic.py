@@ -74,16 +74,9 @@ def write_json(path: str | Path, document: Any) -> None:
         tmp.write_text(json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
 
 
-def read_json(path: str | Path) -> Any:
-    """Read a JSON file; a file that is not valid UTF-8 JSON raises NpuportError naming it."""
-    from npuport.core.errors import NpuportError
+def read_json(path: str | Path, *, max_bytes: int | None = None) -> Any:
+    """Read a JSON file within npuport.core.untrusted_json's limits (size, nesting depth, digits, no NaN); a
+    file that is missing, not regular, too big or not valid UTF-8 JSON raises NpuportError naming it."""
+    from npuport.core import untrusted_json
 
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise NpuportError(path, "file not found") from None
-    except UnicodeDecodeError as exc:
-        raise NpuportError(path, f"not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-    except json.JSONDecodeError as exc:
-        raise NpuportError(path, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    return untrusted_json.read(path, max_bytes=max_bytes or untrusted_json.MAX_JSON_BYTES)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from npuport.core.atomic import atomic_dir, write_json
 from npuport.core.errors import NpuportError
+from npuport.core.paths import SKIP_DIRS, real_path, regular_file, source_dir, source_files
 from npuport.download.manifest import MANIFEST_NAME, ChecksumMismatch, build_manifest, safe_relpath
 from npuport.download.sources.common import Fetched, Policy
 
@@ -23,19 +24,13 @@ log = logging.getLogger(__name__)
 
 CACHE_DIR_NAME = ".download-cache"
 REMOTE_KINDS = ("hf", "modelscope", "git")
-# Directory names never copied from a local source.
-_SKIP_DIRS = {".git", ".cache", "__pycache__"}
 
 
 def local_files(source_path: Path) -> list[Path]:
-    """Regular files of a local checkpoint directory, relative to it, VCS folders left out."""
-    if not source_path.is_dir():
-        raise NpuportError(source_path, "local source is not a directory")
-    files = []
-    for root, dirs, names in os.walk(source_path):
-        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS)
-        for name in sorted(names):
-            files.append((Path(root) / name).relative_to(source_path))
+    """Files of a local checkpoint directory, relative to it, VCS and cache folders left out; each one a regular
+    file inside the directory (npuport.core.paths.source_files refuses a symlink leading out, a loop, a FIFO)."""
+    source_dir(source_path, missing="local source is not a directory (not found)")
+    files = [Path(rel) for rel, _ in source_files(source_path, skip_dirs=SKIP_DIRS)]
     if not files:
         raise NpuportError(source_path, "local source directory is empty")
     return files
@@ -50,11 +45,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 def _place(src: Path, trusted_root: Path, dst: Path) -> None:
-    """Link ``src`` (resolved, and refused if a symlink leads outside ``trusted_root``) to ``dst``."""
-    real = src.resolve()
-    if not real.is_relative_to(trusted_root.resolve()):
-        raise NpuportError(src, "refused: symlink points outside the source directory")
-    if not real.is_file():
+    """Link ``src`` (resolved, and refused unless it is a regular file inside ``trusted_root``) to ``dst``."""
+    real = regular_file(trusted_root, src, missing_ok=True)
+    if real is None:
         raise NpuportError(src, "missing from the fetched files")
     _link_or_copy(real, dst)
 
@@ -86,7 +79,7 @@ def download(source: dict, target: str | Path, base_dir: str | Path = ".", cache
     kind = source["kind"]
     target = Path(target)
     if kind == "local":
-        source_path = (Path(base_dir) / source["path"]).resolve()
+        source_path = real_path(Path(base_dir) / source["path"])
         with atomic_dir(target) as staging:
             fetch_local(source_path, staging)
             manifest = build_manifest(staging, source, resolved={"kind": "local", "path": str(source_path)})

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from npuport.core.atomic import atomic_dir, write_json
 from npuport.core.errors import NpuportError
+from npuport.core.paths import SKIP_DIRS, source_files
 from npuport.download.manifest import MANIFEST_NAME
 from npuport.weights.checkpoint import Checkpoint
 from npuport.weights.minicpm import Fold, FoldPlan, fold_decision, fold_plan, llama_config, model_code_files
@@ -106,16 +107,17 @@ def _disk_full_is_user_error(target: Path):
 
 def copy_side_files(download_dir: Path, staging: Path, leave_out: set[str] = frozenset()) -> list[str]:
     """Copy tokenizer, generation config and other non-weight files (not config.json, nor the relative paths in
-    ``leave_out``) into the model dir."""
+    ``leave_out``) into the model dir. Every file is read through npuport.core.paths.source_files: one that
+    resolves outside ``download_dir`` (a symlink to /etc/shadow), a FIFO or a device is refused, never copied."""
     copied = []
-    for path in sorted(download_dir.rglob("*")):
-        rel = path.relative_to(download_dir).as_posix()
-        is_weight = path.name.endswith(_WEIGHT_SUFFIXES) or path.name in _WEIGHT_INDEXES
+    for rel, real in source_files(download_dir, skip_dirs=SKIP_DIRS):
+        name = rel.rsplit("/", 1)[-1]
+        is_weight = name.endswith(_WEIGHT_SUFFIXES) or name in _WEIGHT_INDEXES
         # .snakemake_timestamp marks a directory output's age for Snakemake; it is not part of the model
-        skip = path.name in ("config.json", MANIFEST_NAME) or path.name.startswith(".snakemake") or rel in leave_out
-        if path.is_file() and not is_weight and not skip:
+        skip = name in ("config.json", MANIFEST_NAME) or name.startswith(".snakemake") or rel in leave_out
+        if not is_weight and not skip:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, staging / rel)
+            shutil.copy2(real, staging / rel)
             copied.append(rel)
     return copied
 
@@ -320,6 +322,21 @@ def _write_weights(
     return records, index, byte_copied
 
 
+def check_group_size(checkpoint: Checkpoint, *, mode: str, group_size: int, introspection: dict) -> None:
+    """NpuportError before writing when a linear that will be fake-quantized has in_features that ``group_size``
+    does not divide (<= 0: one group per row, always fits). Already-ternary linears kept by mode auto are not
+    quantized, so a checkpoint introspection found ternary is not checked."""
+    status = introspection["derived"]["ternary"]["status"]
+    if group_size <= 0 or mode == "never" or (mode == "auto" and status == "ternary"):
+        return
+    for name, info in sorted(checkpoint.tensors.items()):
+        if is_quantized_linear(name) and len(info.shape) == 2 and info.shape[1] % group_size:
+            raise NpuportError(
+                checkpoint.directory / info.file,
+                f"tensor {name} has {info.shape[1]} input features, not a multiple of fuse.group_size {group_size}",
+            )
+
+
 def decision(mode: str, introspection: dict) -> str:
     """Why fusion does what it does, in one sentence for fuse.json and the report."""
     status = introspection["derived"]["ternary"]["status"]
@@ -349,6 +366,7 @@ def fuse(
     ``minicpm`` (auto | fold | never): fold MiniCPM's scales into the weights (npuport.weights.minicpm)."""
     download_dir, target = Path(download_dir), Path(target)
     with Checkpoint.open(download_dir) as checkpoint, atomic_dir(target) as staging, _disk_full_is_user_error(target):
+        check_group_size(checkpoint, mode=mode, group_size=group_size, introspection=introspection)
         needed = sum(t.nbytes for t in checkpoint.tensors.values())
         # --- MiniCPM hook (npuport.weights.minicpm): scales folded per tensor; a tied head is derived from the
         # embedding as it streams past, so the untie costs one extra tensor, never the whole model.

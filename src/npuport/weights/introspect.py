@@ -18,9 +18,10 @@ import torch
 
 from npuport.core.atomic import read_json
 from npuport.core.errors import NpuportError
+from npuport.core.paths import regular_file
 from npuport.weights.checkpoint import Checkpoint, TensorInfo
 from npuport.weights.minicpm import detect_family
-from npuport.weights.ternary import detect_group_size, is_quantized_linear
+from npuport.weights.ternary import detect_group_size, divisors, is_quantized_linear
 
 DERIVED_FIELDS = (
     "hidden_size",
@@ -36,7 +37,9 @@ DERIVED_FIELDS = (
     "dtype",
 )
 
-LAYER_RE = re.compile(r"^(?P<prefix>(?:.+\.)?)layers\.(?P<index>\d+)\.(?P<rest>.+)$")
+LAYER_RE = re.compile(r"(?P<prefix>(?:.+\.)?)layers\.(?P<index>[0-9]+)\.(?P<rest>.+)", re.DOTALL)
+# config.json is a few kilobytes; a long rope factor list or chat template stays far below this.
+MAX_CONFIG_BYTES = 16 << 20
 PROJECTIONS = {
     "q": "self_attn.q_proj",
     "k": "self_attn.k_proj",
@@ -70,8 +73,8 @@ QUANTIZER_LEAVES = {
 
 def introspect_checkpoint(directory: str | Path, sample_rows: int = 8, seed: int = 0) -> dict:
     """The JSON-ready introspection document of the checkpoint in ``directory`` (see DESIGN.md, stage introspect)."""
-    if sample_rows < 1:
-        raise ValueError(f"sample_rows must be >= 1, got {sample_rows}")
+    if isinstance(sample_rows, bool) or not isinstance(sample_rows, int) or sample_rows < 1:
+        raise NpuportError("introspect.sample_rows", f"{sample_rows!r} is not a positive integer")
     directory = Path(directory)
     config, notes = _read_config(directory)
     with Checkpoint.open(directory) as ckpt:
@@ -105,13 +108,21 @@ def introspect_checkpoint(directory: str | Path, sample_rows: int = 8, seed: int
     return document
 
 
-def _read_config(directory: Path) -> tuple[dict, list[str]]:
-    path = directory / "config.json"
-    if not path.is_file():
-        return {}, ["no config.json in the checkpoint directory: every declared field is null"]
-    config = read_json(path)
+def read_config(directory: Path, name: str = "config.json") -> dict | None:
+    """config.json of a checkpoint directory (inside it, regular, within the JSON limits); None when absent."""
+    path = directory / name
+    if regular_file(directory, name, missing_ok=True) is None:
+        return None
+    config = read_json(path, max_bytes=MAX_CONFIG_BYTES)
     if not isinstance(config, dict):
         raise NpuportError(path, f"holds a JSON {type(config).__name__}, not an object")
+    return config
+
+
+def _read_config(directory: Path) -> tuple[dict, list[str]]:
+    config = read_config(directory)
+    if config is None:
+        return {}, ["no config.json in the checkpoint directory: every declared field is null"]
     return config, []
 
 
@@ -166,26 +177,43 @@ class _Derivation:
         """The decoder prefix and, per layer index 0..L-1, its tensors keyed by the name after ``layers.N.``."""
         by_prefix: dict[str, dict[int, dict[str, TensorInfo]]] = {}
         for name, info in self.ckpt.tensors.items():
-            m = LAYER_RE.match(name)
+            m = LAYER_RE.fullmatch(name)
             if m:
-                layer = by_prefix.setdefault(m["prefix"], {}).setdefault(int(m["index"]), {})
-                layer[m["rest"]] = info
+                index = self._layer_index(name, m["index"])
+                by_prefix.setdefault(m["prefix"], {}).setdefault(index, {})[m["rest"]] = info
         q_key = f"{PROJECTIONS['q']}.weight"
         decoders = [p for p, layers in by_prefix.items() if any(q_key in t for t in layers.values())]
         if len(decoders) != 1:
-            found = "none" if not decoders else ", ".join(f"{p}layers" for p in decoders)
+            found = "none" if not decoders else ", ".join(f"{p}layers" for p in decoders[:5])
             raise NpuportError(
                 self.ckpt.directory, f"expected one Llama-style decoder with layers.N.{q_key} tensors, found {found}"
             )
         prefix = decoders[0]
         indices = by_prefix[prefix]
-        missing = sorted(set(range(max(indices) + 1)) - set(indices))
+        # n distinct indices are 0..n-1 exactly when none is missing below n: bounded by what is present.
+        missing = [i for i in range(len(indices)) if i not in indices][:5]
         if missing:
-            shown = ", ".join(f"{prefix}layers.{i}.*" for i in missing[:5])
+            shown = ", ".join(f"{prefix}layers.{i}.*" for i in missing)
             raise NpuportError(
                 self.ckpt.directory, f"layer(s) missing: no tensor {shown} (layers present up to {max(indices)})"
             )
         return prefix, [indices[i] for i in range(len(indices))]
+
+    def _layer_index(self, name: str, digits: str) -> int:
+        """The layer index of tensor ``name``: canonical decimal (``layers.01`` would merge with ``layers.1``),
+        and no longer than the number of tensors allows (n tensors hold at most n layers)."""
+        if len(digits) > 1 and digits[0] == "0":
+            raise NpuportError(
+                self._path(self.ckpt.tensors[name]),
+                f"tensor {name}: layer index {digits!r} has a leading zero (it would merge with layer {int(digits)})",
+            )
+        if len(digits) > len(str(len(self.ckpt.tensors))):
+            raise NpuportError(
+                self._path(self.ckpt.tensors[name]),
+                f"tensor {name}: layer index of {len(digits)} digits, but the checkpoint has only "
+                f"{len(self.ckpt.tensors)} tensors",
+            )
+        return int(digits)
 
     def _check_layers_alike(self, prefix: str, layers: list[dict[str, TensorInfo]]) -> None:
         reference = layers[0]
@@ -233,6 +261,8 @@ class _Derivation:
             "down": (hidden, inter),
         }
         for key, shape in expected.items():
+            if t[key].dtype.startswith("complex"):
+                raise NpuportError(self._path(t[key]), f"tensor {t[key].name} is {t[key].dtype}, not a real dtype")
             if t[key].shape != shape:
                 raise NpuportError(
                     self._path(t[key]),
@@ -309,7 +339,7 @@ class _Derivation:
             key, length = rope
             partial = cfg.get("partial_rotary_factor") or 1.0
             dim = 2 * length / partial if isinstance(partial, int | float) and partial > 0 else None
-            value = int(dim) if dim is not None and dim == int(dim) else None
+            value = int(dim) if dim is not None and math.isfinite(dim) and dim == int(dim) else None
             evidence.append((f"config.json {key} length {length} = rotary dim / 2", value))
         inv_freq = next((i for n, i in self.ckpt.tensors.items() if n.endswith("rotary_emb.inv_freq")), None)
         if inv_freq is not None and len(inv_freq.shape) == 1:
@@ -354,19 +384,20 @@ class _Derivation:
 
     def _unique_tensors(self) -> list[TensorInfo]:
         """All tensors, minus names that alias an earlier tensor's bytes (only tied embeddings, in practice)."""
-        seen: dict[tuple, list[str]] = {}
+        seen: set[tuple] = set()
         unique = []
         for name, info in self.ckpt.tensors.items():
-            key = (info.file, info.shape, info.dtype)
-            if any(self.ckpt.shares_storage(name, other) for other in seen.get(key, [])):
-                continue
-            seen.setdefault(key, []).append(name)
-            unique.append(info)
+            key = self.ckpt.storage_key(name)
+            if key not in seen:
+                seen.add(key)
+                unique.append(info)
         return unique
 
     def _shape(self, info: TensorInfo, ndim: int) -> tuple[int, ...]:
         if len(info.shape) != ndim:
             raise NpuportError(self._path(info), f"tensor {info.name} is {list(info.shape)}, expected {ndim}-D")
+        if 0 in info.shape:
+            raise NpuportError(self._path(info), f"tensor {info.name} is {list(info.shape)}: a dimension of size 0")
         return info.shape
 
     def _path(self, info: TensorInfo) -> Path:
@@ -379,13 +410,13 @@ def _positive_int(value) -> int | None:
 
 def head_layouts(q_out: int, kv_out: int) -> list[dict[str, int]]:
     """Every (heads, kv_heads, head_dim) with an even head_dim that the shapes allow, largest head_dim first."""
-    if q_out % kv_out:
+    if q_out < 1 or kv_out < 1 or q_out % kv_out:
         return []
     g = math.gcd(q_out, kv_out)
     return [
         {"num_attention_heads": q_out // d, "num_key_value_heads": kv_out // d, "head_dim": d}
-        for d in range(g, 0, -1)
-        if g % d == 0 and d % 2 == 0
+        for d in divisors(g)
+        if d % 2 == 0
     ]
 
 

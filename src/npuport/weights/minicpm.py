@@ -92,8 +92,9 @@ def detect_family(config: dict, tensor_names: Iterable[str] = ()) -> dict:
     out layouts that no Llama can hold (MiniCPM-MoE experts). ``problems`` lists what blocks a fold; a missing
     scale is one (its default lives in the checkpoint's own configuration code, which is never run here).
     """
-    architectures = config.get("architectures") or []
-    markers = [f"architectures {a}" for a in architectures if a in MINICPM_ARCHITECTURES]
+    architectures = config.get("architectures")
+    architectures = architectures if isinstance(architectures, list) else []
+    markers = [f"architectures {a}" for a in architectures if isinstance(a, str) and a in MINICPM_ARCHITECTURES]
     if config.get("model_type") in MINICPM_MODEL_TYPES:
         markers.append(f"model_type {config['model_type']}")
     present = [k for k in SCALE_KEYS if config.get(k) is not None]
@@ -150,7 +151,8 @@ def model_code_files(config: dict) -> set[str]:
 
     After the fold nothing loads them (the folded config has no auto_map); tokenizer code is not among them."""
     files = set()
-    for auto_class, reference in (config.get("auto_map") or {}).items():
+    auto_map = config.get("auto_map")
+    for auto_class, reference in (auto_map if isinstance(auto_map, dict) else {}).items():
         references = reference if isinstance(reference, list) else [reference]
         for ref in references:
             if auto_class != "AutoTokenizer" and isinstance(ref, str) and "--" not in ref and "." in ref:

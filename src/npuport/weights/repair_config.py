@@ -9,8 +9,9 @@ from pathlib import Path
 
 from npuport.core.atomic import write_json
 from npuport.core.errors import NpuportError
+from npuport.core.paths import SKIP_DIRS, contained, regular_file, source_files
 from npuport.download.manifest import MANIFEST_NAME
-from npuport.weights.introspect import DERIVED_FIELDS
+from npuport.weights.introspect import DERIVED_FIELDS, read_config
 
 # Config fields that introspection derives from tensor shapes (its dtype is reported, not repaired).
 DERIVABLE_FIELDS = tuple(field for field in DERIVED_FIELDS if field != "dtype")
@@ -52,12 +53,22 @@ def repaired_view(checkpoint_dir: str | Path, config: dict, trust_remote_code: b
     config.json. A config that asks for remote code which is not trusted (a MiniCPM download) is left out:
     transformers would try to parse it."""
     with tempfile.TemporaryDirectory(prefix="npuport-repaired-") as scratch:
-        for path in Path(checkpoint_dir).iterdir():
-            if path.name not in ("config.json", MANIFEST_NAME):
-                (Path(scratch) / path.name).symlink_to(path.resolve())
+        for path in sorted(Path(checkpoint_dir).iterdir()):
+            if path.name not in ("config.json", MANIFEST_NAME) and path.name not in SKIP_DIRS:
+                (Path(scratch) / path.name).symlink_to(_checked(checkpoint_dir, path))
         if trust_remote_code or "auto_map" not in config:
             write_json(Path(scratch) / "config.json", config)
         yield Path(scratch)
+
+
+def _checked(checkpoint_dir: str | Path, path: Path) -> Path:
+    """The real path of a top-level entry of the checkpoint, refused unless it is a regular file or a directory
+    inside it whose files all are (tokenizer files are read by transformers through this view)."""
+    real = contained(checkpoint_dir, path.name)
+    if real.is_dir():
+        source_files(path)
+        return real
+    return regular_file(checkpoint_dir, path.name)
 
 
 def check_loads(config: dict, checkpoint_dir: str | Path, trust_remote_code: bool) -> str:
@@ -75,14 +86,10 @@ def check_loads(config: dict, checkpoint_dir: str | Path, trust_remote_code: boo
 
 def repair(declared_config_path: str | Path, introspection: dict, trust_remote_code: bool = False) -> tuple[dict, dict]:
     """Return (repaired config, repair report) for a downloaded config.json and its introspection."""
-    from npuport.core.atomic import read_json
-
     path = Path(declared_config_path)
-    if not path.exists():
+    declared = read_config(path.parent, path.name)
+    if declared is None:
         raise NpuportError(path, "checkpoint has no config.json: model type and rope settings cannot be derived")
-    declared = read_json(path)
-    if not isinstance(declared, dict):
-        raise NpuportError(path, "config.json is not a JSON object")
     table = field_table(declared, introspection["derived"])
     config = repaired_config(declared, table)
     has_remote_code = "auto_map" in config

@@ -7,6 +7,8 @@ Training uses it with a straight-through estimator; fusion applies the same func
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 EPS = 1e-5
@@ -95,17 +97,30 @@ def groups_are_ternary(weight: torch.Tensor, group_size: int, scratch: torch.Ten
     return ((smallest_minus_one == top - 1) | (top == 0)) & (top < non_finite)
 
 
+def divisors(n: int) -> list[int]:
+    """The divisors of ``n`` >= 1, largest first, in O(sqrt(n)) steps."""
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)}, reverse=True)
+
+
 def candidate_group_sizes(in_features: int) -> list[int]:
     """Divisors of ``in_features`` that are plausible group sizes, largest first."""
-    return [g for g in range(in_features, 0, -1) if in_features % g == 0 and (g == in_features or g % 8 == 0)]
+    if in_features < 1:
+        return []
+    return [g for g in divisors(in_features) if g == in_features or g % 8 == 0]
 
 
 def detect_group_size(weight: torch.Tensor) -> int | None:
     """The largest group size for which every group of ``weight`` is ternary, or None.
 
-    ``weight`` may be a sample of rows. A return equal to in_features means per-row scales.
+    ``weight`` may be a sample of rows. A return equal to in_features means per-row scales. Ternary under a
+    group size means ternary under each of its divisors, so the smallest candidate is tried first: a latent
+    tensor costs one pass, not one per candidate.
     """
-    for g in candidate_group_sizes(weight.shape[1]):
+    candidates = candidate_group_sizes(weight.shape[1])
+    if not candidates or not bool(groups_are_ternary(weight, candidates[-1]).all()):
+        return None
+    for g in candidates:
         if bool(groups_are_ternary(weight, g).all()):
             return g
     return None
