@@ -78,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     serve = ServeSettings.from_config({"enabled": False})
     smoke = run_smoke(args.model_dir, engine=engine, generation=generation, serve=serve)
     baseline = run_baseline(
-        args.model_dir, baseline=BaselineSettings.from_config({"dtype": args.baseline_dtype}), generation=generation
+        args.model_dir,
+        baseline=BaselineSettings.from_config({"dtype": args.baseline_dtype}),
+        generation=generation,
+        max_model_len=engine.max_model_len,
     )
 
     print(f"model: {args.model_dir}  prompts: {len(generation.prompts)}  max_tokens: {args.max_tokens}")

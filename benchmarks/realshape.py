@@ -354,11 +354,12 @@ def child_baseline(model: str, dtype: str, max_tokens: str, prompts: str, thread
 
     bandwidth = copy_bandwidth(int(threads))
     torch.set_num_threads(int(threads))
-    from npuport.core.settings import BaselineSettings
+    from npuport.core.settings import BaselineSettings, schema_defaults
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
     doc = run_baseline(model, baseline=BaselineSettings.from_config({"dtype": dtype}),
-                       generation=generation_settings(int(max_tokens), int(prompts)))  # fmt: skip
+                       generation=generation_settings(int(max_tokens), int(prompts)),
+                       max_model_len=schema_defaults("engine")["max_model_len"])  # fmt: skip
     return {"bandwidth": bandwidth, "dtype": dtype, **bytes_per_token(Path(model), getattr(torch, dtype).itemsize),
             **summarize(doc)}  # fmt: skip
 

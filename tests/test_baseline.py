@@ -24,6 +24,7 @@ def baseline_settings(baseline: dict = BASELINE, **generation) -> dict:
     return {
         "baseline": BaselineSettings.from_config(baseline),
         "generation": GenerationSettings.from_config(generation_settings(**generation)),
+        "max_model_len": 2048,
     }
 
 

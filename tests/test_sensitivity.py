@@ -42,12 +42,13 @@ EVALUATION_TEXT = (REPO / "resources" / "evaluation.txt").read_text(encoding="ut
 
 # Port bugs that must fail with a margin, and one measured only (the detection limit at the logit level).
 FAILING = {
-    "mlp x1.03 (layer 1)": "mlp_scale,1,1.03",
-    "mlp x1.10 (layer 1)": "mlp_scale,1,1.10",
+    "mlp x1.03 (layer 0)": "mlp_scale,0,1.03",
+    "mlp x1.10 (layer 0)": "mlp_scale,0,1.10",
     "mlp sign flipped (layer 1)": "mlp_sign,1",
     "layer 1 runs layer 2's weights": "swap_layers,1",
 }
-MEASURED = {"mlp x1.01 (layer 1)": "mlp_scale,1,1.01"}
+# Measured and stated in the README, not asserted: the same scale deeper in the model, and a smaller one.
+MEASURED = {"mlp x1.03 (layer 1)": "mlp_scale,1,1.03", "mlp x1.01 (layer 0)": "mlp_scale,0,1.01"}
 ROPE_BUG = "rope_long,2.0"
 
 
@@ -77,7 +78,9 @@ def _judge(model_dir: Path, work: Path, faults: dict[str, str | None]) -> dict[s
     from npuport.engines.vllm_runner import VllmRunner
 
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-    baseline = run_baseline(model_dir, baseline=BaselineSettings.from_config({}), generation=GENERATION)
+    baseline = run_baseline(
+        model_dir, baseline=BaselineSettings.from_config({}), generation=GENERATION, max_model_len=ENGINE.max_model_len
+    )
     results = {}
     with VllmRunner(model_dir, engine=ENGINE, temperature=0.0, seed=42) as runner:
         for name, fault in faults.items():

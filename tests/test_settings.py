@@ -135,3 +135,34 @@ def test_missing_schema_is_a_clear_error(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         settings_module.load_schema.cache_clear()
+
+
+def _config(**sections):
+    return {"models": [{"name": "m", "source": {"kind": "local", "path": "p"}}], "generation": {"prompts": ["x"]}} | {
+        key: value for key, value in sections.items()
+    }
+
+
+def test_max_tokens_beyond_max_model_len_is_refused_before_any_job(tmp_path):
+    from npuport.core.settings import check_generation_bounds
+
+    check_generation_bounds(_config(generation={"prompts": ["x"], "max_tokens": 128}))
+    with pytest.raises(NpuportError, match=r"generation.max_tokens 1000000000 does not fit engine.max_model_len 2048"):
+        check_generation_bounds(_config(generation={"prompts": ["x"], "max_tokens": 10**9}), "config.yaml")
+    # a model's own engine section counts
+    config = _config(generation={"prompts": ["x"], "max_tokens": 600})
+    config["models"][0]["engine"] = {"max_model_len": 512}
+    with pytest.raises(NpuportError, match=r"max_model_len 512 of model 'm'") as info:
+        check_generation_bounds(config, "config.yaml")
+    assert "\n" not in str(info.value)
+
+
+def test_prompt_without_room_is_refused_and_outputs_are_capped():
+    from npuport.engines.records import Prompt, check_prompts_fit, output_budget
+
+    prompts = [Prompt("short", [1, 2, 3]), Prompt("long " * 10, list(range(600)))]
+    with pytest.raises(NpuportError, match=r"prompt 2 .* has 600 tokens, no room in engine.max_model_len 512"):
+        check_prompts_fit(prompts, 512)
+    check_prompts_fit(prompts[:1], 512)
+    assert output_budget(prompts[0], 10**9, 512) == 509  # where vLLM stops too
+    assert output_budget(prompts[0], 128, 512) == 128

@@ -18,6 +18,7 @@ rule baseline:
         ),
     params:
         baseline=model_setting("baseline"),
+        engine=model_setting("engine"),
         generation=config["generation"],
         trust_remote_code=model_field("trust_remote_code", False),
         code=script_code("baseline"),

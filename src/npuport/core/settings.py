@@ -83,11 +83,26 @@ def check_config(config: dict, schema_path: str, config_files: list) -> None:
     with open(schema_path, encoding="utf-8") as fh:
         schema = yaml.safe_load(fh)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-    if error is None:
-        return
-    where = "/".join(str(p) for p in error.absolute_path) or "top level"
     files = ", ".join(str(f) for f in config_files) or "config"
-    raise NpuportError(files, f"config fails the schema at {where}: {error.message}")
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "top level"
+        raise NpuportError(files, f"config fails the schema at {where}: {error.message}")
+    check_generation_bounds(config, files)
+
+
+def check_generation_bounds(config: dict, where: str = "config") -> None:
+    """generation.max_tokens must fit every model's engine.max_model_len: nothing could generate more, and the
+    reference would otherwise run on where the engine stops."""
+    generation = config.get("generation") or {}
+    max_tokens = generation.get("max_tokens", schema_defaults("generation").get("max_tokens"))
+    for name in model_names(config):
+        engine = schema_defaults("engine") | model_section(config, name, "engine")
+        if max_tokens is not None and max_tokens >= engine["max_model_len"]:
+            raise NpuportError(
+                where,
+                f"generation.max_tokens {max_tokens} does not fit engine.max_model_len {engine['max_model_len']} "
+                f"of model {name!r} (prompt and output share it)",
+            )
 
 
 def require_utf8(*paths) -> None:

@@ -13,6 +13,7 @@ from npuport.core.settings import BaselineSettings, GenerationSettings
 from npuport.engines.hf_runner import HfRunner
 from npuport.engines.records import (
     LOG_TAIL_LINES,
+    check_prompts_fit,
     document,
     encode_prompts,
     load_tokenizer,
@@ -57,9 +58,11 @@ def run_baseline(
     *,
     baseline: BaselineSettings,
     generation: GenerationSettings,
+    max_model_len: int,
     trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Generate every prompt with transformers (greedy) and return the baseline.json document."""
+    """Generate every prompt with transformers (greedy) and return the baseline.json document; prompt and output
+    together stay within ``max_model_len`` (the engine's), as they do on the engine."""
     import torch
 
     model_dir = Path(model_dir).resolve()
@@ -83,12 +86,14 @@ def run_baseline(
 
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     prompts = encode_prompts(tokenizer, generation)
+    check_prompts_fit(prompts, max_model_len)
     stop = stop_token_ids(model_dir, tokenizer)
     base["settings"].update(stop_token_ids=stop.ids, stop_token_ids_source=stop.source)
     runner = HfRunner(model_dir, device=device, dtype=dtype, tokenizer=tokenizer, trust_remote_code=trust_remote_code)
     try:
         with runner:
-            run = run_prompts(runner, prompts, generation=generation, stop_ids=stop.ids, warmup_note=WARMUP_NOTE)
+            run = run_prompts(runner, prompts, generation=generation, stop_ids=stop.ids, warmup_note=WARMUP_NOTE,
+                              max_model_len=max_model_len)  # fmt: skip
             engine, platform = runner.engine, runner.platform
     except Exception as exc:  # noqa: BLE001 - a reference that cannot run is the stage's finding
         reason = f"transformers failed: {type(exc).__name__}: {exc}"

@@ -138,13 +138,32 @@ class PromptRun:
     single: dict[str, Any]
 
 
+def check_prompts_fit(prompts: Sequence[Prompt], max_model_len: int) -> None:
+    """Every prompt must leave room for at least one generated token in ``max_model_len``; checked before any
+    engine starts, so a runaway prompt is a one-line error, not a long wait."""
+    for number, prompt in enumerate(prompts, 1):
+        if len(prompt.token_ids) >= max_model_len:
+            raise NpuportError(
+                None,
+                f"prompt {number} ({prompt.text[:40]!r}...) has {len(prompt.token_ids)} tokens, no room in "
+                f"engine.max_model_len {max_model_len}",
+            )
+
+
+def output_budget(prompt: Prompt, max_tokens: int, max_model_len: int) -> int:
+    """Tokens a runner may generate for ``prompt``: max_tokens, cut where prompt + output reach max_model_len
+    (where vLLM stops too, so both runners are bounded alike)."""
+    return max(1, min(max_tokens, max_model_len - len(prompt.token_ids)))
+
+
 def run_prompts(runner: Runner, prompts: Sequence[Prompt], *, generation: GenerationSettings,
-                stop_ids: Sequence[int], warmup_note: str) -> PromptRun:  # fmt: skip
+                stop_ids: Sequence[int], warmup_note: str, max_model_len: int) -> PromptRun:  # fmt: skip
     """One warm-up request (the first prompt; it carries one-time costs and is left out of throughput),
     then every prompt alone, timed."""
 
     def generate(prompt: Prompt) -> Generation:
-        return runner.generate_greedy([prompt.token_ids], generation.max_tokens, generation.top_logprobs, stop_ids)[0]
+        budget = output_budget(prompt, generation.max_tokens, max_model_len)
+        return runner.generate_greedy([prompt.token_ids], budget, generation.top_logprobs, stop_ids)[0]
 
     first = generate(prompts[0])
     warmup = {"prompt": prompts[0].text, "num_tokens": first.num_tokens, "latency_s": first.timing.latency_s,

@@ -22,6 +22,7 @@ from npuport.engines.records import (
     PromptRecord,
     PromptRun,
     captured_output,
+    check_prompts_fit,
     document,
     encode_prompts,
     load_tokenizer,
@@ -84,6 +85,7 @@ def run_smoke(
         return document("smoke", "refused", refusal, **base)
     tokenizer = load_tokenizer(model_dir, trust_remote_code)
     prompts = encode_prompts(tokenizer, generation)
+    check_prompts_fit(prompts, engine.max_model_len)
     stop = stop_token_ids(model_dir, tokenizer)
     base["settings"].update(stop_token_ids=stop.ids, stop_token_ids_source=stop.source)
     plan = evaluation_plan(model_dir, tokenizer, engine=engine, evaluation=evaluation, text=evaluation_text)
@@ -173,7 +175,8 @@ def measure(
     runner: VllmRunner, prompts: Sequence[Prompt], *, generation: GenerationSettings, stop_ids: list[int]
 ) -> tuple[PromptRun, dict[str, Any]]:
     """Warm-up request, each prompt alone (timed), then all prompts as one batch."""
-    run = run_prompts(runner, prompts, generation=generation, stop_ids=stop_ids, warmup_note=WARMUP_NOTE)
+    run = run_prompts(runner, prompts, generation=generation, stop_ids=stop_ids, warmup_note=WARMUP_NOTE,
+                      max_model_len=runner.settings.max_model_len)  # fmt: skip
     token_ids, seconds = runner.generate_batch(
         [p.token_ids for p in prompts], generation.max_tokens, generation.top_logprobs, stop_ids
     )
