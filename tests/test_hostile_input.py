@@ -779,3 +779,21 @@ def test_group_size_that_does_not_divide_the_linears_is_refused_before_writing(t
         check_group_size(checkpoint, mode="always", group_size=32, introspection=introspection)
         with pytest.raises(NpuportError, match="has 64 input features, not a multiple of fuse.group_size 48"):
             check_group_size(checkpoint, mode="always", group_size=48, introspection=introspection)
+
+
+def test_inspect_text_output_escapes_control_characters_from_the_config(tmp_path):
+    """A config.json value with a terminal escape sequence is printed escaped, never raw."""
+    import json as _json
+    import subprocess
+    import sys
+
+    from model_factory import tiny_model, write_latent_checkpoint
+
+    ckpt = write_latent_checkpoint(tmp_path / "ckpt", tiny_model(), config_edits={"hidden_size": 10**6})
+    config = _json.loads((ckpt / "config.json").read_text(encoding="utf-8"))
+    config["model_type"] = "llama"
+    config["num_hidden_layers"] = "\x1b[2J\x1b[31mpwned"
+    (ckpt / "config.json").write_text(_json.dumps(config), encoding="utf-8")
+    result = subprocess.run([sys.executable, "-m", "npuport", "inspect", str(ckpt)], capture_output=True, text=True)
+    assert "\x1b" not in result.stdout and "\x1b" not in result.stderr
+    assert "\\x1b[2J" in result.stdout  # shown, escaped

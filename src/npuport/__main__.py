@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
-from npuport.core.errors import NpuportError
+from npuport.core.errors import NpuportError, one_line
 from npuport.core.settings import (
     FuseSettings,
     IntrospectSettings,
@@ -29,15 +30,16 @@ def _inspect(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(document, indent=2, ensure_ascii=False))
         return
+    # values come from the checkpoint's own files: control characters are escaped, never sent to the terminal
     for field, value in document["derived"].items():
         if field != "ternary":
-            print(f"{field:24} {value}")
+            print(one_line(f"{field:24} {value}"))
     ternary = document["derived"]["ternary"]
-    print(f"{'ternary':24} {ternary['status']} (group size {ternary['group_size']})")
-    for mismatch in document["mismatches"]:
-        print(f"mismatch: {mismatch['field']}: config says {mismatch['declared']}, weights say {mismatch['derived']}")
+    print(one_line(f"{'ternary':24} {ternary['status']} (group size {ternary['group_size']})"))
+    for m in document["mismatches"]:
+        print(one_line(f"mismatch: {m['field']}: config says {m['declared']}, weights say {m['derived']}"))
     for ambiguity in document["ambiguities"]:
-        print(f"ambiguous: {ambiguity['field']}: {ambiguity['reason']} candidates {ambiguity['candidates']}")
+        print(one_line(f"ambiguous: {ambiguity['field']}: {ambiguity['reason']} candidates {ambiguity['candidates']}"))
 
 
 def _fuse(args: argparse.Namespace) -> None:
@@ -117,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("npuport").setLevel(logging.INFO)
+    # transformers' own notices (e.g. about a checkpoint's rope fields) are not the CLI's output: errors only
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         parser = build_parser()
     except NpuportError as exc:  # the schema is missing
