@@ -335,12 +335,18 @@ def captured_output() -> Iterator[Path]:
     Engines log from worker processes that inherit fds 1/2, so capture happens at fd level.
     The caller reads the tail (``tail_lines``) inside the block; after it the file is gone.
     """
-    fd, name = tempfile.mkstemp(prefix="npuport-engine-", suffix=".log")
+    with replayed_temp_log("npuport-engine-") as path, redirect_fds(path, append=False):
+        yield path
+
+
+@contextlib.contextmanager
+def replayed_temp_log(prefix: str) -> Iterator[Path]:
+    """A temporary log file; its content is replayed to stderr (the stage log) and the file removed afterwards."""
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=".log")
     os.close(fd)
     path = Path(name)
     try:
-        with redirect_fds(path, append=False):
-            yield path
+        yield path
     finally:
         with contextlib.suppress(OSError):
             sys.stderr.write(path.read_text(encoding="utf-8", errors="replace"))

@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
-from npuport.engines.records import PromptRecord, tail_lines
+from npuport.engines.records import PromptRecord, replayed_temp_log, tail_lines
 
 log = logging.getLogger(__name__)
 
@@ -261,13 +260,5 @@ def server_log(log_path: str | Path | None) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield path
         return
-    fd, name = tempfile.mkstemp(prefix="npuport-serve-", suffix=".log")
-    os.close(fd)
-    path = Path(name)
-    try:
+    with replayed_temp_log("npuport-serve-") as path:
         yield path
-    finally:
-        with contextlib.suppress(OSError):
-            sys.stderr.write(path.read_text(encoding="utf-8", errors="replace"))
-            sys.stderr.flush()
-        path.unlink(missing_ok=True)
