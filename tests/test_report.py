@@ -19,6 +19,7 @@ import yaml
 from markdown_it import MarkdownIt
 
 from npuport.compare import compare as compare_stage
+from npuport.compare.gates import GATE_NAMES, gate_checks
 from npuport.engines.records import document
 from npuport.env.env_probe import diagnose
 from npuport.env.npu_smi import parse_npu_smi_info
@@ -29,7 +30,16 @@ from npuport.report.paths import ReportInputs
 from npuport.report.pipeline_cost import stage_costs
 from npuport.report.report_index import write_index
 from npuport.report.report_model import write_report
-from npuport.report.verdicts import FAILED, NOT_MEASURED, PASSED, SYMBOLS, accelerator_verdict, overall_status, verdicts
+from npuport.report.verdicts import (
+    FAILED,
+    NOT_MEASURED,
+    PASSED,
+    SYMBOLS,
+    accelerator_verdict,
+    format_value,
+    overall_status,
+    verdicts,
+)
 
 DATA = Path(__file__).resolve().parent / "data"
 REPORT_PACKAGE = Path(__file__).resolve().parents[1] / "src" / "npuport" / "report"
@@ -194,9 +204,27 @@ def conclusion(report: Report, language: str = "en") -> dict[str, str]:
     return {r[label(language, "col.check")]: r[label(language, "col.result")] for r in rows}
 
 
+def check_label(language: str, check: str) -> str:
+    """A conclusion row's label as the reader sees it: a gate's and a fixed threshold's from their metric."""
+    if check in GATE_NAMES:
+        return label(language, "check.gate").format(gate=label(language, f"gate.{check}"))
+    if f"check.{check}" in CATALOG[language]:
+        return label(language, f"check.{check}").replace("`", "")
+    return label(language, "check.threshold").format(gate=label(language, f"gate.{check}"))
+
+
 def row_status(report: Report, check: str, language: str = "en") -> str:
-    cell = conclusion(report, language)[label(language, f"check.{check}").replace("`", "")]
+    cell = conclusion(report, language)[check_label(language, check)]
     return next(status for status, symbol in SYMBOLS.items() if cell.startswith(symbol))
+
+
+def row_detail(report: Report, check: str, language: str = "en") -> str:
+    rows = report.table_with(9, label(language, "col.check"))
+    return next(
+        r[label(language, "col.measured")]
+        for r in rows
+        if r[label(language, "col.check")] == check_label(language, check)
+    )
 
 
 @pytest.fixture
@@ -261,7 +289,7 @@ def test_tokenizer_check_of_repair_is_reported(real, tmp_path):
 def test_files_left_out_by_the_fold_are_listed(tmp_path):
     directory = artifact_set(tmp_path)
     fuse = load(directory / "model", "fuse.json")
-    assert "side_files_left_out" not in fuse  # the embedded model is not folded: no row
+    assert not fuse.get("side_files_left_out")  # the embedded model is not folded: no row
     assert label("en", "fuse.side_files_left_out") not in render(directory)[0]
     save(directory / "model", "fuse.json", fuse | {"side_files_left_out": ["configuration_minicpm.py"]})
     rows = {r[label("en", "col.item")]: r for r in render(directory)[1].table_with(3, label("en", "col.item"))}
@@ -306,17 +334,15 @@ def test_comparison_and_thresholds_equal_the_artifacts(real):
     checks = report.table_with(5, label("en", "col.threshold"))
     assert [c[label("en", "col.threshold")] for c in checks] == [c["threshold"] for c in compare["checks"]]
     for shown, check in zip(checks, compare["checks"], strict=True):
-        assert close(number(shown[label("en", "col.value")]), check["value"], 4)
+        assert close(number(shown[label("en", "col.gate_engine")]), check["value"], 4)
         assert shown[label("en", "col.limit")].startswith(check["op"])
-        assert number(shown[label("en", "col.limit")]) == check["limit"]
+        assert close(number(shown[label("en", "col.limit")]), check["limit"], 4)
         assert shown[label("en", "col.result")] == {True: "✅", False: "❌", None: "⚠"}[check["passed"]]
-    ppl = {
-        r[label("en", "col.metric")]: r[label("en", "col.value")]
-        for r in report.table_with(5, "Source (artifact: field)")
-        if r[label("en", "col.metric")].startswith("Perplexity")
-    }
-    assert close(number(ppl[label("en", "acc.ppl_engine")]), compare["overall"]["perplexity_engine"], 4)
-    assert close(number(ppl[label("en", "acc.ppl_reference")]), compare["overall"]["perplexity_reference"], 4)
+    statistics = {r[label("en", "col.statistic")]: r for r in report.table_with(5, label("en", "col.statistic"))}
+    ppl = statistics[label("en", "stat.ppl_side")]
+    assert close(number(ppl[label("en", "col.gate_engine")]), compare["overall"]["perplexity_engine"], 6)
+    reference = statistics[label("en", "stat.ppl_reference")][label("en", "col.gate_engine")]
+    assert close(number(reference), compare["overall"]["perplexity_reference"], 6)
 
 
 def test_numbers_are_compared_at_the_printed_precision(real):
@@ -348,21 +374,8 @@ def test_pipeline_cost_table_equals_the_benchmark_files(real):
 def test_conclusion_rows_follow_the_artifacts(real):
     directory, report = real
     smoke, compare = load(directory, "smoke.json"), load(directory, "compare.json")
-    assert set(conclusion(report)) == {
-        label("en", f"check.{c}").replace("`", "")
-        for c in (
-            "config",
-            "fusion",
-            "engine",
-            "npu",
-            "gpu",
-            "serve",
-            "baseline",
-            "tokens",
-            "teacher_forced",
-            "perplexity",
-        )
-    }
+    kept = ("config", "fusion", "engine", "npu", "gpu", "serve", "baseline", "tokens")
+    assert set(conclusion(report)) == {check_label("en", c) for c in kept + GATE_NAMES}
     assert row_status(report, "engine") == (PASSED if smoke["status"] == "ok" else FAILED)
     on_npu = smoke["platform"]["name"] == "npu"
     assert row_status(report, "npu") == (PASSED if on_npu else NOT_MEASURED)
@@ -377,13 +390,13 @@ def test_conclusion_rows_follow_the_artifacts(real):
     summary = load(directory, "report.json")
     artifacts = load_artifacts(ReportInputs.from_mapping(declared_inputs(directory)))
     assert summary["status"] == overall_status(verdicts(Messages("en"), artifacts))
-    assert sum(summary["counts"].values()) == len(summary["checks"]) == 10
+    assert sum(summary["counts"].values()) == len(summary["checks"]) == len(kept) + len(GATE_NAMES)
 
 
 def test_plots_are_pngs_linked_relative_to_the_report(real):
     directory, report = real
     images = [c for tok in report.tokens for c in tok.children or [] if c.type == "image"]
-    assert sorted(i.attrs["src"] for i in images) == ["plots/logprob_diff.png", "plots/speed.png"]
+    assert sorted(i.attrs["src"] for i in images) == ["plots/kld_cdf.png", "plots/logprob_diff.png", "plots/speed.png"]
     for image in images:
         assert (directory / image.attrs["src"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -466,14 +479,14 @@ def test_smoke_not_run_renders_not_measured_without_crashing(tmp_path):
     )
     markdown, report = render(directory)
     assert [h for h in report.h2 if re.match(r"\d+\. ", h)][8] == "9. Conclusion"
-    for check in ("engine", "npu", "gpu", "serve", "tokens", "teacher_forced", "perplexity"):
+    for check in ("engine", "npu", "gpu", "serve", "tokens", *GATE_NAMES):
         assert row_status(report, check) == NOT_MEASURED, check
     reasons = {r["Check"]: r[label("en", "col.measured")] for r in report.table_with(9, "Check")}
     assert reason in reasons[label("en", "check.engine")]
     assert "compare.json says not measured" in reasons[label("en", "check.tokens")]
     assert row_status(report, "baseline") == PASSED
     assert not (directory / "plots" / "logprob_diff.png").exists()
-    assert "logprob_diff.png" not in markdown
+    assert "logprob_diff.png" not in markdown and "kld_cdf.png" not in markdown
     assert load(directory, "report.json")["status"] == NOT_MEASURED  # nothing failed, but the engine never ran
 
 
@@ -583,7 +596,7 @@ def test_failed_threshold_and_real_divergence_are_failed_rows(tmp_path):
     strict = compare["settings"]["thresholds"] | {
         "max_mean_abs_logprob_diff": compare["overall"]["mean_abs_logprob_diff"] / 2
     }
-    compare["checks"] = compare_stage.threshold_checks(compare["overall"], strict)
+    compare["checks"][-1:-1] = compare_stage.threshold_checks(compare["overall"], strict)
     first = compare["prompts"][0]
     smoke = load(directory, "smoke.json")
     engine_record = smoke["prompts"][0]
@@ -595,7 +608,8 @@ def test_failed_threshold_and_real_divergence_are_failed_rows(tmp_path):
     compare["status"] = "failed"
     save(directory, "compare.json", compare)
     markdown, report = render(directory)
-    assert row_status(report, "teacher_forced") == FAILED
+    assert row_status(report, "max_mean_abs_logprob_diff") == FAILED
+    assert {row_status(report, gate) for gate in ("eval_mean_kld", "prompt_mean_abs_logprob_diff")} == {PASSED}
     assert row_status(report, "tokens") == (FAILED if first["classification"] == "real divergence" else PASSED)
     assert load(directory, "report.json")["status"] == FAILED
     assert any("max_mean_abs_logprob_diff" in h for h in report.h3 if h.startswith("7."))
@@ -603,6 +617,198 @@ def test_failed_threshold_and_real_divergence_are_failed_rows(tmp_path):
     assert divergence.startswith("at token 0: engine ")
     token = engine_record["token_ids"][0]
     assert f'{token} "' in divergence  # the token's text from the model's tokenizer follows its id
+
+
+def with_rope_switch(compare: dict, position: int) -> dict:
+    """compare.json as for a model whose RoPE switches inside the evaluation text: each bucket's statistics taken
+    from the whole text's (the KLD after the switch 1.5x on both sides), its checks by compare's own gate rule."""
+    evaluation = compare["evaluation"]
+    evaluation["rope_switch"] = {"position": position, "rope_type": "longrope", "source": "recorded test switch"}
+    buckets = {"before": {}, "after": {}}
+    sides = {"engine": {"prompts": compare["overall"]}, "floor": {"prompts": compare["floor"]["prompts"]}}
+    for side, doc in sides.items():
+        doc["evaluation"] = evaluation[side]
+        after = json.loads(json.dumps(evaluation[side]))
+        after["kld"] = {key: value * 1.5 for key, value in after["kld"].items()}
+        doc["before"] = {"positions": f"< {position}", **evaluation[side]}
+        doc["after"] = {"positions": f">= {position}", **after}
+        for name in buckets:
+            buckets[name][side] = doc[name]
+    evaluation["buckets"] = buckets
+    token = [c for c in compare["checks"] if c.get("kind") != "floor"]
+    compare["checks"] = gate_checks(sides["engine"], sides["floor"], ratio=2.0, ratios={}) + token
+    return compare
+
+
+def test_statistics_table_equals_the_artifacts_for_engine_and_floor(real):
+    directory, report = real
+    compare = load(directory, "compare.json")
+    evaluation = compare["evaluation"]
+    rows = {r[label("en", "col.statistic")]: r for r in report.table_with(5, label("en", "col.statistic"))}
+    for side, column in (("engine", "col.gate_engine"), ("floor", "col.floor")):
+        stats = evaluation[side]
+
+        def cell(key: str) -> str:
+            return rows[label("en", key)][label("en", column)]  # noqa: B023 - used in this iteration only
+
+        assert number(cell("stat.positions")) == stats["n"]
+        mean, se = (float(v) for v in re.findall(r"-?\d+\.?\d*(?:e[-+]\d+)?", cell("stat.mean_kld")))
+        assert close(mean, stats["kld"]["mean"], 4) and close(se, stats["kld"]["se"], 2)
+        for key in ("median", "p90", "p99", "p99_9", "max"):
+            assert close(number(cell(f"stat.{key}_kld")), stats["kld"][key], 4), key
+        assert close(number(cell("stat.same_top1")), stats["same_top1"]["p"] * 100, 4)
+        assert close(number(cell("stat.rms_dp")), stats["delta_p"]["rms"] * 100, 4)
+        assert close(number(cell("stat.mean_dp")), stats["delta_p"]["mean"] * 100, 4)
+        assert close(number(cell("stat.ppl_reference")), stats["perplexity"]["base"], 6)
+        assert close(number(cell("stat.ppl_side")), stats["perplexity"]["other"], 6)
+        assert close(number(cell("stat.ln_ratio")), stats["perplexity"]["ln_ratio"], 4)
+    intro = label("en", "stat.intro").format(
+        tokens=f"{evaluation['text_tokens']:,}",
+        segments=evaluation["segments"],
+        length=f"{evaluation['segment_length']:,}",
+        positions=f"{evaluation['engine']['n']:,}",
+        reference_dtype=compare["floor"]["reference_dtype"],
+        engine_dtype=compare["floor"]["engine_dtype"],
+    )
+    assert "over the full vocabulary" in intro and intro in report.markdown
+    assert evaluation["method"] in report.markdown.replace("\\", "")
+
+
+def test_gates_table_shows_engine_floor_ratio_and_limit_of_each_gate(tmp_path):
+    directory = artifact_set(tmp_path)
+    compare = load(directory, "compare.json")
+    compare["checks"][-1:-1] = compare_stage.threshold_checks(compare["overall"], {"max_mean_topk_kl": 1e-6})
+    save(directory, "compare.json", compare)
+    _, report = render(directory)
+    rows = {r[label("en", "col.threshold")]: r for r in report.table_with(5, label("en", "col.gate"))}
+    assert list(rows) == [c["threshold"] for c in compare["checks"]]
+    assert {c.get("kind") for c in compare["checks"]} == {"floor", "tokens", None}
+
+    def cell(check: dict, column: str) -> str:
+        return rows[check["threshold"]][label("en", column)]
+
+    for check in compare["checks"]:
+        assert close(number(cell(check, "col.gate_engine")), check["value"], 4)
+        assert close(number(cell(check, "col.limit")), check["limit"], 4)
+        assert cell(check, "col.limit").startswith(check["op"])
+        assert cell(check, "col.result") == {True: "✅", False: "❌"}[check["passed"]]
+        assert cell(check, "col.gate") == label("en", f"gate.{check['threshold']}")
+        if check.get("kind") == "floor":
+            assert close(number(cell(check, "col.floor")), check["floor"], 4)
+            assert number(cell(check, "col.ratio")) == check["ratio"]
+            assert number(cell(check, "col.epsilon")) == check["epsilon"]
+            to_floor = check["ratio_to_floor"]
+            assert (
+                cell(check, "col.to_floor") == "—"
+                if to_floor is None
+                else close(number(cell(check, "col.to_floor")), to_floor, decimals=2)
+            )
+        elif check.get("kind") is None:  # a fixed threshold
+            assert cell(check, "col.floor") == cell(check, "col.ratio") == label("en", "word.fixed")
+        else:
+            assert cell(check, "col.floor") == cell(check, "col.ratio") == "—"
+    assert row_status(report, "max_mean_topk_kl") == PASSED
+
+
+def test_failed_gate_is_a_failed_conclusion_row_with_its_numbers(tmp_path):
+    directory = artifact_set(tmp_path)
+    compare = load(directory, "compare.json")
+    check = next(c for c in compare["checks"] if c["threshold"] == "eval_mean_kld")
+    check.update(value=3 * check["floor"], passed=False, ratio_to_floor=3.0)
+    assert check["value"] > check["limit"]
+    compare.update(status="failed", reason="failed: eval_mean_kld")
+    save(directory, "compare.json", compare)
+    for language in ("en", "zh"):
+        _, report = render(directory, language)
+        assert row_status(report, "eval_mean_kld", language) == FAILED
+        assert row_status(report, "eval_p99_kld", language) == PASSED
+        numbers = {name: format_value(check[name]) for name in ("value", "limit", "floor")}
+        expected = label(language, "detail.gate").format(ratio="3.00", **numbers)
+        assert row_detail(report, "eval_mean_kld", language) == expected
+        gates = {r[label(language, "col.threshold")]: r for r in report.table_with(5, label(language, "col.gate"))}
+        assert gates["eval_mean_kld"][label(language, "col.result")] == "❌"
+        assert any("eval_mean_kld" in h for h in report.h3 if h.startswith("6."))
+    summary = load(directory, "report.json")
+    assert summary["status"] == FAILED
+    assert next(g for g in summary["gates"] if g["gate"] == "eval_mean_kld")["passed"] is False
+
+
+def test_bucket_table_and_plot_only_with_a_rope_switch(tmp_path):
+    directory = artifact_set(tmp_path)
+    compare = load(directory, "compare.json")
+    switch = compare["evaluation"]["rope_switch"]
+    assert switch["position"] is None and compare["evaluation"]["buckets"] is None
+    markdown, report = render(directory)
+    assert not [rows for rows in report.section_tables(5) if label("en", "col.bucket") in rows[0]]
+    assert label("en", "stat.no_switch").format(rope_type=switch["rope_type"], source=switch["source"]) in (
+        markdown.replace("\\", "")
+    )
+    assert not (directory / "plots" / "kld_buckets.png").exists() and "kld_buckets" not in markdown
+    for gate in ("before_switch_mean_kld", "after_switch_mean_kld"):
+        assert row_status(report, gate) == NOT_MEASURED  # optional: no switch, nothing to measure
+        assert switch["source"] in row_detail(report, gate)
+    assert load(directory, "report.json")["status"] == PASSED
+
+    switched = with_rope_switch(compare, 2048)
+    save(directory, "compare.json", switched)
+    markdown, report = render(directory)
+    buckets = report.table_with(5, label("en", "col.bucket"))
+    assert len(buckets) == 2
+    for row, name in zip(buckets, ("before", "after"), strict=True):
+        for side in ("engine", "floor"):
+            kld = switched["evaluation"]["buckets"][name][side]["kld"]
+            assert close(number(row[label("en", f"col.{side}_mean_kld")]), kld["mean"], 4)
+            assert close(number(row[label("en", f"col.{side}_p99_kld")]), kld["p99"], 4)
+    assert label("en", "stat.no_switch").split(":")[0] not in markdown
+    images = [c.attrs["src"] for tok in report.tokens for c in tok.children or [] if c.type == "image"]
+    assert "plots/kld_buckets.png" in images
+    assert (directory / "plots" / "kld_buckets.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for gate in ("before_switch_mean_kld", "after_switch_mean_kld"):
+        assert row_status(report, gate) == PASSED
+    recorded = {c["threshold"]: c for c in compare["checks"]}
+    assert [c for c in switched["checks"] if c["threshold"] in recorded] == list(recorded.values())
+
+
+def test_evaluation_not_measured_renders_its_reason(tmp_path):
+    directory = artifact_set(tmp_path)
+    compare = load(directory, "compare.json")
+    reason = "the engine captured no logits on the evaluation text"
+    compare["evaluation"] = {"status": "not measured", "reason": reason, "full_vocabulary": False}
+    compare["checks"] = [c for c in compare["checks"] if not c["threshold"].startswith("eval_")]
+    save(directory, "compare.json", compare)
+    for language in ("en", "zh"):
+        markdown, report = render(directory, language)
+        stated = label(language, "stat.not_measured").format(reason=reason)
+        assert f"{label(language, 'word.not_measured')}: {stated}" in markdown
+        assert not [rows for rows in report.section_tables(5) if label(language, "col.statistic") in rows[0]]
+        assert "kld_cdf.png" not in markdown
+        for gate in GATE_NAMES:
+            if gate.startswith(("eval_", "before_switch_", "after_switch_")):
+                assert row_status(report, gate, language) == NOT_MEASURED
+                assert row_detail(report, gate, language) == label(language, "why.evaluation").format(reason=reason)
+            else:
+                assert row_status(report, gate, language) == PASSED
+    summary = load(directory, "report.json")
+    assert summary["status"] == NOT_MEASURED
+    assert summary["evaluation"]["status"] == "not measured" and summary["evaluation"]["reason"] == reason
+    assert not (directory / "plots" / "kld_cdf.png").exists()
+
+
+def test_summary_adds_the_gates_and_the_evaluation(real):
+    directory, _ = real
+    summary, compare = load(directory, "report.json"), load(directory, "compare.json")
+    assert list(summary)[:5] == ["model", "status", "engine_device", "counts", "checks"]
+    assert [g["gate"] for g in summary["gates"]] == [c["threshold"] for c in compare["checks"]]
+    for gate, check in zip(summary["gates"], compare["checks"], strict=True):
+        assert {k: v for k, v in gate.items() if v is not None} == {
+            "gate": check["threshold"],
+            **{k: v for k, v in check.items() if k not in ("threshold", "metric") and v is not None},
+        }
+    evaluation = compare["evaluation"]
+    assert summary["evaluation"]["mean_kld_engine"] == evaluation["engine"]["kld"]["mean"]
+    assert summary["evaluation"]["mean_kld_floor"] == evaluation["floor"]["kld"]["mean"]
+    assert summary["evaluation"]["perplexity_floor"] == evaluation["floor"]["perplexity"]["other"]
+    assert summary["evaluation"]["perplexity_reference"] == compare["overall"]["perplexity_reference"]
 
 
 def test_markdown_metacharacters_in_artifacts_stay_text(tmp_path):
@@ -621,7 +827,11 @@ def test_markdown_metacharacters_in_artifacts_stay_text(tmp_path):
     assert "<script" not in report.html and "<b>" not in report.html
     inline = [c for tok in report.tokens for c in tok.children or []]
     assert not [c for c in inline if c.type in ("link_open", "s_open")]
-    assert [c.attrs["src"] for c in inline if c.type == "image"] == ["plots/speed.png", "plots/logprob_diff.png"]
+    assert [c.attrs["src"] for c in inline if c.type == "image"] == [
+        "plots/speed.png",
+        "plots/logprob_diff.png",
+        "plots/kld_cdf.png",
+    ]
     assert len(report.h1) == 1 and "heading" not in report.h2 + report.h3
     outputs = report.table_with(4, label("en", "col.output"))
     assert len(outputs) == len(smoke["prompts"])
@@ -711,6 +921,14 @@ def test_catalogs_have_the_same_keys_and_placeholders_and_no_html():
             assert rendered.html_tokens() == [], (language, key)
 
 
+def test_every_gate_and_threshold_has_a_label_in_both_languages():
+    names = {*GATE_NAMES, *compare_stage.THRESHOLD_CHECKS, "no_real_divergence"}
+    for language in ("en", "zh"):
+        assert {f"gate.{name}" for name in names} <= set(CATALOG[language]), language
+        assert {"check.gate", "check.threshold", "detail.gate", "stat.intro"} <= set(CATALOG[language])
+    assert set(CATALOG["en"]) == set(CATALOG["zh"])
+
+
 def test_npu_row_is_passed_only_for_an_npu_platform_that_ran():
     t = Messages("en")
     cpu = {"status": "ok", "platform": {"name": "cpu", "device": "vLLM CPU backend"}}
@@ -756,6 +974,8 @@ def test_index_links_each_model_report_with_its_status(tmp_path):
     status = load(directory, "report.json")["status"]
     assert rows[1][1] == f"{SYMBOLS[status]} {label('en', 'status.' + status.replace(' ', '_'))}"
     assert rows[2][1].startswith("⚠") and index.html_tokens() == []
+    # the RoPE bucket gates of a model without a switch: listed as not measured, by their labels
+    assert check_label("en", "before_switch_mean_kld") in rows[1][4]
 
 
 # -- the rules, in a copy of the workflow ------------------------------------------------------------------------
@@ -776,6 +996,7 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
         f"{MODEL}/report.md"
     ]
     assert sorted(p.name for p in (workdir / "results" / MODEL / "plots").glob("*.png")) == [
+        "kld_cdf.png",
         "logprob_diff.png",
         "speed.png",
     ]
@@ -791,4 +1012,4 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
     run_snakemake(workdir, "--report", "results/report.html")
     html = (workdir / "results" / "report.html").read_text(encoding="utf-8")
     assert f'Adaptation report of model <tt class=\\"docutils literal\\"><span class=\\"pre\\">{MODEL}' in html
-    assert "logprob_diff.png" in html
+    assert "logprob_diff.png" in html and "kld_cdf.png" in html

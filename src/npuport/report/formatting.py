@@ -84,6 +84,25 @@ class Formatter:
             return f"{int(value):,}" if value.is_integer() and abs(value) < 1e15 else format_value(value)
         return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
+    def percent(self, fraction, digits: int = 4) -> str:
+        """A fraction as a percentage: 0.99487 -> "99.49 %"."""
+        return f"{self.num(fraction * 100, digits)} %" if is_number(fraction) else self.missing
+
+    def plus_minus(self, value, uncertainty, *, scale: float = 1.0, unit: str = "") -> str:
+        """``value ± uncertainty`` (both times ``scale``, then ``unit``), as llama-perplexity prints them."""
+        if not is_number(value):
+            return self.missing
+        shown = f"{self.metric(value * scale)}{unit}"
+        return f"{shown} ± {self.uncertainty(uncertainty * scale)}{unit}" if is_number(uncertainty) else shown
+
+    def uncertainty(self, value) -> str:
+        """A standard error with two significant digits (1.5e-05, 0.0015, 0.11, 12)."""
+        if not is_number(value):
+            return self.missing
+        if value == 0 or abs(value) >= 100:
+            return self.num(value, 3)
+        return f"{value:.1e}" if abs(value) < 1e-3 else f"{value:.2g}"
+
     def metric(self, value) -> str:
         return format_value(value) if is_number(value) else self.missing
 

@@ -13,10 +13,13 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen before pyplot is imported
 
-from npuport.report.artifacts import Artifacts  # noqa: E402
+from npuport.report.artifacts import Artifacts, dig  # noqa: E402
 
 LOGPROB_DIFF = "logprob_diff.png"
 SPEED = "speed.png"
+KLD_CDF = "kld_cdf.png"
+KLD_BUCKETS = "kld_buckets.png"
+SIDE_COLORS = {"engine": "tab:blue", "floor": "tab:orange"}
 _DPI = 110
 
 
@@ -94,6 +97,85 @@ def speed_plot(smoke: dict, baseline: dict, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def _positive(quantiles: list) -> tuple[list[float], list[float]]:
+    """The CDF points (KLD, fraction of positions at or below it) whose KLD is above 0: a KLD of 0 or below
+    (rounding, where both sides agree) has no place on a log axis; the curve starts at the fraction they hold."""
+    values = quantiles if isinstance(quantiles, list) else []
+    numbers = [q for q in values if isinstance(q, int | float) and not isinstance(q, bool)]
+    if len(numbers) < 2:
+        return [], []
+    fractions = [i / (len(numbers) - 1) for i in range(len(numbers))]
+    kept = [(q, p) for q, p in zip(numbers, fractions, strict=True) if q > 0]
+    return [q for q, _ in kept], [p for _, p in kept]
+
+
+def kld_cdf_plot(evaluation: dict, path: Path) -> Path | None:
+    """The per-position KLD distribution of the engine and of the noise floor as CDFs on a log axis
+    (compare.json: evaluation.kld_quantiles, 0 % to 100 %), with each side's mean KLD as a dashed line."""
+    curves = {side: _positive(dig(evaluation, "kld_quantiles", side, default=[])) for side in SIDE_COLORS}
+    if not any(values for values, _ in curves.values()):
+        return None
+    figure, axes = plt.subplots(figsize=(7.5, 4.0))
+    # The floor first, wide and light, the engine over it: where the two agree both stay visible.
+    styles = {"floor": {"linewidth": 3.0, "alpha": 0.55}, "engine": {"linewidth": 1.3, "alpha": 1.0}}
+    for side in ("floor", "engine"):
+        values, fractions = curves[side]
+        if not values:
+            continue
+        mean = dig(evaluation, side, "kld", "mean")
+        number = isinstance(mean, int | float) and not isinstance(mean, bool)
+        shown = f"{side} (mean {mean:.2e})" if number else side
+        axes.step(values, fractions, where="post", color=SIDE_COLORS[side], label=shown, **styles[side])
+        if number and mean > 0:
+            axes.axvline(mean, color=SIDE_COLORS[side], linestyle="--", linewidth=1)
+    start = min(fractions[0] for values, fractions in curves.values() if values)
+    if start > 0:
+        note = f"curves start at the first KLD > 0; below {start:.0%}: KLD <= 0 (rounding)"
+        axes.annotate(note, (0.01, 0.02), xycoords="axes fraction", fontsize=7, color="dimgray")
+    axes.set_xscale("log")
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("KLD per position (full vocabulary, vs the full-precision reference), log scale")
+    axes.set_ylabel("fraction of positions with KLD <= x")
+    positions = dig(evaluation, "engine", "n")
+    on = f" ({positions:,} positions)" if isinstance(positions, int) else ""
+    axes.set_title(f"KLD distribution on the evaluation text{on}: engine vs noise floor", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right", title="dashed: mean KLD", title_fontsize=7)
+    return _save(figure, path)
+
+
+def kld_buckets_plot(evaluation: dict, path: Path) -> Path | None:
+    """Mean KLD (± one standard error) before and from the RoPE switch on, engine beside the noise floor."""
+    switch = dig(evaluation, "rope_switch", "position")
+    names = [name for name in ("before", "after") if isinstance(dig(evaluation, "buckets", name), dict)]
+    if switch is None or not names:
+        return None
+    figure, axes = plt.subplots(figsize=(6.5, 3.8))
+    width = 0.38
+    for offset, side in zip((-width / 2, width / 2), SIDE_COLORS, strict=True):
+        means = [dig(evaluation, "buckets", name, side, "kld", "mean") for name in names]
+        errors = [dig(evaluation, "buckets", name, side, "kld", "se", default=0) for name in names]
+        xs = [i + offset for i in range(len(names))]
+        bars = axes.bar(xs, [m or 0 for m in means], width, yerr=errors, capsize=3, color=SIDE_COLORS[side], label=side)
+        axes.bar_label(bars, labels=[_scientific(m) for m in means], fontsize=8, padding=2)
+    ticks = []
+    for name in names:
+        positions = dig(evaluation, "buckets", name, "engine", "n")
+        scored = f"\n({positions:,} positions)" if isinstance(positions, int) else ""
+        ticks.append(f"{'before' if name == 'before' else 'from'} position {switch}{scored}")
+    axes.set_xticks(range(len(names)), ticks, fontsize=9)
+    axes.set_ylabel("mean KLD per position")
+    axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axes.set_title(f"Mean KLD around the RoPE switch at position {switch}: engine vs noise floor", fontsize=10)
+    axes.margins(y=0.2)
+    axes.legend(fontsize=8, title="error bars: ± 1 standard error", title_fontsize=7)
+    return _save(figure, path)
+
+
+def _scientific(value) -> str:
+    return "not measured" if not isinstance(value, int | float) else f"{value:.3g}" if value >= 0.01 else f"{value:.2e}"
+
+
 def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
     """Draw every plot whose data was measured into ``plots_dir``; plot name -> file name."""
     drawn = {}
@@ -104,4 +186,10 @@ def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
         drawn["logprob_diff"] = LOGPROB_DIFF
     if speed_plot(dict(artifacts.smoke.data), dict(artifacts.baseline.data), plots_dir / SPEED):
         drawn["speed"] = SPEED
+    evaluation = dict(compare.part("evaluation").data)
+    if evaluation.get("status") == "measured":
+        if kld_cdf_plot(evaluation, plots_dir / KLD_CDF):
+            drawn["kld_cdf"] = KLD_CDF
+        if kld_buckets_plot(evaluation, plots_dir / KLD_BUCKETS):
+            drawn["kld_buckets"] = KLD_BUCKETS
     return drawn

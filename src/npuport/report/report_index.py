@@ -14,7 +14,7 @@ from npuport.core.errors import NpuportError
 from npuport.report.formatting import status_cell
 from npuport.report.mdtext import Md, link, table, text
 from npuport.report.messages import Messages
-from npuport.report.verdicts import NOT_MEASURED, SYMBOLS
+from npuport.report.verdicts import NOT_MEASURED, SYMBOLS, check_label
 
 
 def model_row(t: Messages, name: str, *, report: Path, summary_path: Path, base: Path) -> tuple:
@@ -27,7 +27,8 @@ def model_row(t: Messages, name: str, *, report: Path, summary_path: Path, base:
     summary = read_json(summary_path)
     counts = summary.get("counts") or {}
     tally = Md(" ".join(f"{SYMBOLS[s]} {counts.get(s, 0)}" for s in SYMBOLS))
-    unmeasured = [t("check." + c["check"]) for c in summary.get("checks") or [] if c.get("status") == NOT_MEASURED]
+    checks = summary.get("checks") or []
+    unmeasured = [check_label(t, str(c.get("check"))) for c in checks if c.get("status") == NOT_MEASURED]
     status = summary.get("status", NOT_MEASURED)
     return (
         label,

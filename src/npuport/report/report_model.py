@@ -17,7 +17,7 @@ import jinja2
 
 from npuport.core.atomic import atomic_dir, atomic_path, write_json
 from npuport.report import plots
-from npuport.report.artifacts import load_artifacts
+from npuport.report.artifacts import Artifacts, Doc, load_artifacts
 from npuport.report.context import ReportContext
 from npuport.report.mdtext import Md, code, text
 from npuport.report.mdtext import image as md_image
@@ -35,9 +35,10 @@ from npuport.report.sections import (
     fixes,
     header,
     runtime_issues,
+    statistics,
     verification,
 )
-from npuport.report.verdicts import SYMBOLS, overall_status, verdicts
+from npuport.report.verdicts import NOT_MEASURED, SYMBOLS, overall_status, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def template_context(r: ReportContext, plot_links: dict[str, str]) -> dict[str, 
         "deployment": deployment.deployment(r),
         "performance": accuracy_performance.performance(r),
         "accuracy": accuracy_performance.accuracy(r, accuracy_performance.load_tokenizer(r)),
+        "statistics": statistics.statistics(r),
         "plots": {name: md_image(r.t("plot." + name), link) for name, link in plot_links.items()},
         "issues": issues,
         "fixes": fixes.fixes(issues),
@@ -89,8 +91,9 @@ def render(context: dict[str, Any], t: Messages, template: str = "report.md.j2")
     return _environment().get_template(template).render(t=t, code=code, **context)
 
 
-def summary(context: dict[str, Any]) -> dict[str, Any]:
-    """report.json: the verdicts as data, for the index and for machines."""
+def summary(context: dict[str, Any], docs: Artifacts | None = None) -> dict[str, Any]:
+    """report.json: the verdicts as data, for the index and for machines; with ``docs``, the gates beside their
+    noise floor and the evaluation text's headline numbers too."""
     rows = context["verdicts"]
     checks = [{"check": v.check, "status": v.status, "detail": str(v.detail), "evidence": v.evidence} for v in rows]
     return {
@@ -99,6 +102,29 @@ def summary(context: dict[str, Any]) -> dict[str, Any]:
         "engine_device": context["deployment"]["platform"],
         "counts": {status: sum(v.status == status for v in rows) for status in SYMBOLS},
         "checks": checks,
+        **(gate_summary(docs.compare) if docs else {}),
+    }
+
+
+GATE_FIELDS = ("kind", "value", "floor", "ratio", "epsilon", "op", "limit", "passed", "ratio_to_floor")
+
+
+def gate_summary(compare: Doc) -> dict[str, Any]:
+    """report.json's ``gates`` (every check of compare.json, its numbers as measured) and ``evaluation``."""
+    evaluation = compare.part("evaluation")
+    sides = {side: evaluation.part(side) for side in ("engine", "floor")}
+    gates = [{"gate": c.get("threshold"), **{k: c.get(k) for k in GATE_FIELDS}} for c in compare.records("checks")]
+    return {
+        "gates": gates,
+        "evaluation": {
+            "status": evaluation.get("status", NOT_MEASURED),
+            "reason": evaluation.get("reason"),
+            "rope_switch": evaluation.value("rope_switch", "position"),
+            "perplexity_reference": sides["engine"].value("perplexity", "base"),
+            **{f"perplexity_{side}": doc.value("perplexity", "other") for side, doc in sides.items()},
+            **{f"mean_kld_{side}": doc.value("kld", "mean") for side, doc in sides.items()},
+            **{f"same_top1_{side}": doc.value("same_top1", "p") for side, doc in sides.items()},
+        },
     }
 
 
@@ -138,6 +164,6 @@ def write_report(
     with atomic_path(out.report) as tmp:
         tmp.write_text(markdown, encoding="utf-8")
     if out.summary:
-        write_json(out.summary, summary(context))
+        write_json(out.summary, summary(context, r.docs))
     log.info("report of %s: %s (%s)", model, out.report, context["overall"])
     return markdown

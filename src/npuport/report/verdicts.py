@@ -7,29 +7,27 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from npuport.compare.gates import GATE_NAMES
 from npuport.report.artifacts import Artifacts, dig
-from npuport.report.mdtext import Md, text
+from npuport.report.mdtext import Md, code, text
 
 PASSED, FAILED, NOT_MEASURED = "passed", "failed", "not measured"
 SYMBOLS = {PASSED: "✅", FAILED: "❌", NOT_MEASURED: "⚠"}
 TOKEN_CHECK = "no_real_divergence"
+# Gates on the evaluation text, and those on the positions before / after the RoPE switch (compare.gates).
+EVALUATION_GATES = ("eval_",)
+SWITCH_GATES = ("before_switch_", "after_switch_")
 
 
-def is_text_check(name: str) -> bool:
-    """compare.json checks on the fixed perplexity text (perplexity, per-token logprobs along the text)."""
-    return "perplexity" in name or name.startswith(("max_text_", "min_text_"))
+class Translate(Protocol):
+    """A message catalog (npuport.report.messages.Messages): ``t(key, **params)`` and ``t.has(key)``."""
 
+    def __call__(self, key: str, **params: object) -> Md: ...
 
-def is_teacher_forced_check(name: str) -> bool:
-    """Every other threshold check: the teacher-forced comparison on the prompts' outputs (new thresholds land
-    here, so none is ever left out of the conclusion)."""
-    return name != TOKEN_CHECK and not is_text_check(name)
-
-
-Translate = Callable[..., Md]
+    def has(self, key: str) -> bool: ...
 
 
 def join(*parts: object, sep: str = "; ") -> Md:
@@ -43,6 +41,7 @@ class Verdict:
     status: str  # passed | failed | not measured
     detail: Md  # what was measured, or why nothing was (trusted Markdown)
     evidence: str  # artifact and field(s) the verdict reads
+    optional: bool = False  # not measured here leaves the overall status alone (overall_status)
 
 
 def _stage_not_ok(t: Translate, name: str, doc) -> str:
@@ -184,40 +183,73 @@ def tokens_verdict(t: Translate, compare) -> Verdict:
     return Verdict("tokens", FAILED if real else PASSED, detail, evidence)
 
 
-def _checks_verdict(t: Translate, check: str, compare, *, selected, evidence: str) -> Verdict:
-    missing = _compare_not_measured(t, check, compare, evidence)
+def gate_label(t: Translate, name: str, metric: object = None) -> Md:
+    """A gate's (or fixed threshold's) metric in the report's language; compare.json's own text otherwise."""
+    if t.has("gate." + name):
+        return t("gate." + name)
+    return text(metric) if metric else code(name)
+
+
+def check_label(t: Translate, check: str) -> Md:
+    """The name of a conclusion row: its catalog label, a gate's or a fixed threshold's from its metric."""
+    if check in GATE_NAMES:
+        return t("check.gate", gate=gate_label(t, check))
+    if t.has("check." + check):
+        return t("check." + check)
+    return t("check.threshold", gate=gate_label(t, check))
+
+
+def format_ratio(value) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
+
+
+def gate_detail(t: Translate, check: dict) -> Md:
+    """engine X vs limit Y (ratio R to floor F) for a floor gate; value, condition and limit for a fixed one."""
+    value, limit = format_value(check.get("value")), format_value(check.get("limit"))
+    if check.get("kind") != "floor":
+        return t("detail.threshold", value=value, op=check.get("op", "?"), limit=limit)
+    to_floor, floor = check.get("ratio_to_floor"), format_value(check.get("floor"))
+    if to_floor is None:
+        return t("detail.gate_zero_floor", value=value, limit=limit, floor=floor)
+    return t("detail.gate", value=value, limit=limit, ratio=format_ratio(to_floor), floor=floor)
+
+
+def _no_switch(compare) -> bool:
+    """The evaluation was measured and has no RoPE switch inside it: its bucket gates do not apply."""
+    return (
+        dig(compare, "evaluation", "status") == "measured"
+        and dig(compare, "evaluation", "rope_switch", "position") is None
+    )
+
+
+def _why_no_gate(t: Translate, name: str, compare) -> Md:
+    on_text = name.startswith(EVALUATION_GATES + SWITCH_GATES)
+    if on_text and dig(compare, "evaluation", "status") != "measured":
+        return t("why.evaluation", reason=dig(compare, "evaluation", "reason", default=t("word.no_reason")))
+    if name.startswith(SWITCH_GATES) and _no_switch(compare):
+        return t("why.no_switch", source=dig(compare, "evaluation", "rope_switch", "source", default="-"))
+    return t("why.no_values", names=name)
+
+
+def _gate_verdict(t: Translate, name: str, check: dict | None, compare) -> Verdict:
+    evidence = f"compare.json: checks[{name}]"
+    optional = name.startswith(SWITCH_GATES) and _no_switch(compare)
+    missing = _compare_not_measured(t, name, compare, evidence)
     if missing:
         return missing
-    found = [c for c in compare.get("checks") or [] if selected(str(c.get("threshold")))]
-    measured = [c for c in found if c.get("passed") is not None]
-    if not measured:
-        names = ", ".join(str(c.get("threshold")) for c in found) or t("word.none")
-        return Verdict(check, NOT_MEASURED, t("why.no_values", names=names), evidence)
-    unmeasured = [str(c.get("threshold")) for c in found if c.get("passed") is None]
-    detail = join(
-        *(f"{c.get('metric')} {format_value(c.get('value'))} {c.get('op')} {c.get('limit')}" for c in measured),
-        t("why.no_values", names=", ".join(unmeasured)) if unmeasured else None,
-    )
-    return Verdict(check, FAILED if any(c["passed"] is False for c in measured) else PASSED, detail, evidence)
+    if check is None or check.get("passed") is None:
+        return Verdict(name, NOT_MEASURED, _why_no_gate(t, name, compare), evidence, optional)
+    return Verdict(name, PASSED if check["passed"] else FAILED, gate_detail(t, check), evidence)
 
 
-def teacher_forced_verdict(t: Translate, compare) -> Verdict:
-    evidence = "compare.json: overall, checks[] on the prompts' outputs"
-    return _checks_verdict(t, "teacher_forced", compare, selected=is_teacher_forced_check, evidence=evidence)
-
-
-def perplexity_verdict(t: Translate, compare) -> Verdict:
-    evidence = "compare.json: overall.perplexity_*, text_*, checks[] on the fixed text"
-    verdict = _checks_verdict(t, "perplexity", compare, selected=is_text_check, evidence=evidence)
-    overall = dig(compare, "overall", default={})
-    if verdict.status != NOT_MEASURED:
-        extra = t(
-            "detail.perplexity",
-            engine=format_value(overall.get("perplexity_engine")),
-            reference=format_value(overall.get("perplexity_reference")),
-        )
-        return Verdict(verdict.check, verdict.status, join(extra, verdict.detail), verdict.evidence)
-    return verdict
+def gate_verdicts(t: Translate, compare) -> list[Verdict]:
+    """One row per gate relative to the noise floor (every gate compare knows, measured or not), then one per
+    other check compare.json holds (the optional fixed thresholds); the token check has its own row."""
+    checks = [c for c in dig(compare, "checks", default=[]) if isinstance(c, dict)]
+    by_name = {str(c.get("threshold")): c for c in checks}
+    rows = [_gate_verdict(t, name, by_name.get(name), compare) for name in GATE_NAMES]
+    others = [name for name in by_name if name not in GATE_NAMES and name != TOKEN_CHECK]
+    return rows + [_gate_verdict(t, name, by_name[name], compare) for name in others]
 
 
 def format_value(value) -> str:
@@ -242,17 +274,17 @@ def verdicts(t: Translate, artifacts: Artifacts) -> list[Verdict]:
         serve_verdict(t, smoke),
         baseline_verdict(t, docs["baseline"]),
         tokens_verdict(t, compare),
-        teacher_forced_verdict(t, compare),
-        perplexity_verdict(t, compare),
+        *gate_verdicts(t, compare),
     ]
 
 
 def overall_status(rows: list[Verdict], optional: tuple[str, ...] = ("npu", "gpu")) -> str:
     """failed when any row failed; not measured when a row other than ``optional`` ones was not measured;
     else passed. The NPU and GPU rows are optional: a run can only be on one platform, and the header and
-    index list them as not measured beside the status."""
+    index list them as not measured beside the status; so are the RoPE bucket gates of a model whose
+    evaluation text has no switch in it (``Verdict.optional``)."""
     if any(row.status == FAILED for row in rows):
         return FAILED
-    if any(row.status == NOT_MEASURED for row in rows if row.check not in optional):
+    if any(row.status == NOT_MEASURED for row in rows if row.check not in optional and not row.optional):
         return NOT_MEASURED
     return PASSED if any(row.status == PASSED for row in rows) else NOT_MEASURED

@@ -1,4 +1,5 @@
-"""Section 5, accuracy and performance: engine vs reference speed, token and logprob comparison, perplexity."""
+"""Section 5, accuracy and performance: engine vs reference speed, token and logprob comparison, gates relative to
+the noise floor (the statistics on the evaluation text: sections/statistics.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from npuport.report.context import ReportContext
 from npuport.report.formatting import mark, mean, ratio, status_cell
 from npuport.report.mdtext import Md, code, text
 from npuport.report.tables import Verbatim
-from npuport.report.verdicts import NOT_MEASURED
+from npuport.report.verdicts import NOT_MEASURED, format_ratio, gate_label
 
 log = logging.getLogger(__name__)
 CLASS_SYMBOLS = {"identical": "✅", "benign divergence": "✅", "real divergence": "❌"}
@@ -192,27 +193,34 @@ def load_tokenizer(r: ReportContext):
 
 
 def accuracy(r: ReportContext, tokenizer=None) -> dict:
-    t, f = r.t, r.f
+    t = r.t
     compare = r.docs.compare
-    settings = compare.part("settings")
     status = {"passed": "passed", "failed": "failed"}.get(compare.get("status"), NOT_MEASURED)
-    described = t(
-        "acc.settings",
-        window=f.value(settings["window"]) if settings.get("window") else t("acc.whole_output"),
-        gap=f.value(settings.get("benign_logprob_gap")),
-        dtype=f.value(settings.get("reference_dtype")),
-        engine=compare.value("engine", "smoke", "device", default="?"),
-        reference=compare.value("engine", "baseline", "device", default="?"),
-    )
     missing = t("why.artifact_missing", artifact=r.inputs.compare.name)
     return {
         "status_cell": status_cell(t, status),
         "reason": compare.get("reason") or (None if compare else missing),
-        "settings": described if compare else None,
+        "settings": _settings(r, compare) if compare else None,
         "table": _comparison(r, compare.records("prompts"), tokenizer),
         "checks": _checks(r, compare.records("checks")),
-        "perplexity": _perplexity(r, compare.part("overall")),
+        "gates_legend": t("s5.gates_legend", ratio=r.f.value(compare.value("settings", "floor_ratio"))),
     }
+
+
+def _settings(r: ReportContext, compare: Doc) -> Md:
+    t, f = r.t, r.f
+    settings = compare.part("settings")
+    return t(
+        "acc.settings",
+        window=f.value(settings["window"]) if settings.get("window") else t("acc.whole_output"),
+        gap=f.value(settings.get("benign_logprob_gap")),
+        dtype=f.value(settings.get("reference_dtype")),
+        floor_dtype=f.value(compare.value("floor", "engine_dtype")),
+        ratio=f.value(settings.get("floor_ratio")),
+        gate_ratios=f.value(settings.get("gate_ratio")) if settings.get("gate_ratio") else t("word.none"),
+        engine=compare.value("engine", "smoke", "device", default="?"),
+        reference=compare.value("engine", "baseline", "device", default="?"),
+    )
 
 
 def _comparison(r: ReportContext, prompts: list[Doc], tokenizer) -> Md | None:
@@ -221,8 +229,8 @@ def _comparison(r: ReportContext, prompts: list[Doc], tokenizer) -> Md | None:
         return None
     f = r.f
 
-    def tf(key: str, show):
-        return lambda row: show(row[1].value("teacher_forced", key))
+    def tf(key: str, show, side: str = "teacher_forced"):
+        return lambda row: show(row[1].value(side, key))
 
     columns = [
         (Verbatim("#"), lambda row: row[0]),
@@ -236,6 +244,8 @@ def _comparison(r: ReportContext, prompts: list[Doc], tokenizer) -> Md | None:
         ("col.mean_diff", tf("mean_abs_logprob_diff", f.metric)),
         ("col.max_diff", tf("max_abs_logprob_diff", f.metric)),
         ("col.kl", tf("mean_topk_kl", f.metric)),
+        ("col.floor_mean_diff", tf("mean_abs_logprob_diff", f.metric, "floor_teacher_forced")),
+        ("col.floor_kl", tf("mean_topk_kl", f.metric, "floor_teacher_forced")),
     ]
     return r.table(enumerate(prompts, 1), columns)
 
@@ -278,30 +288,35 @@ def _divergence(r: ReportContext, divergence, tokenizer):
 
 
 def _checks(r: ReportContext, checks: list[Doc]) -> Md | None:
-    """compare.json's threshold checks: measured value, condition, result."""
-    f = r.f
+    """compare.json's checks, one row each: the gate's metric, the engine's value beside the noise floor's, the
+    ratio and epsilon that make the limit, the result; a fixed threshold says "fixed" where a gate has its floor."""
+    f, t = r.f, r.t
+
+    def by_kind(floor_gate, fixed, token="—"):
+        def cell(c: Doc):
+            kind = c.get("kind")
+            return floor_gate(c) if kind == "floor" else (token if kind == "tokens" else fixed)
+
+        return cell
+
     columns = [
+        ("col.gate", lambda c: gate_label(t, str(c.get("threshold")), c.get("metric"))),
         ("col.threshold", lambda c: code(c.get("threshold"))),
-        ("col.metric", lambda c: code(c.get("metric"))),
-        ("col.value", lambda c: f.metric(c.get("value"))),
-        ("col.limit", lambda c: f"{c.get('op', '?')} {f.value(c.get('limit'))}"),
+        ("col.gate_engine", lambda c: f.metric(c.get("value"))),
+        ("col.floor", by_kind(lambda c: f.metric(c.get("floor")), t("word.fixed"))),
+        ("col.ratio", by_kind(lambda c: f.value(c.get("ratio")), t("word.fixed"))),
+        ("col.epsilon", by_kind(lambda c: _epsilon(c.get("epsilon")), "—")),
+        ("col.limit", lambda c: f"{c.get('op', '?')} {f.metric(c.get('limit'))}"),
+        ("col.to_floor", by_kind(lambda c: _to_floor(c), "—")),
         ("col.result", lambda c: mark(c.get("passed"))),
     ]
     return r.table(checks, columns) if checks else None
 
 
-def _perplexity(r: ReportContext, overall: Doc) -> Md:
-    t, f = r.t, r.f
-    scored = overall.get("text_tokens")
-    if scored is None:
-        ids = r.docs.smoke.value("perplexity", "token_ids")
-        scored = len(ids) if isinstance(ids, list) else None
-    rows = [
-        (t("acc.ppl_engine"), f.metric(overall.get("perplexity_engine")), "perplexity_engine"),
-        (t("acc.ppl_reference"), f.metric(overall.get("perplexity_reference")), "perplexity_reference"),
-        (t("acc.ppl_rel_diff"), f.metric(overall.get("perplexity_rel_diff")), "perplexity_rel_diff"),
-        (t("acc.text_mean_diff"), f.metric(overall.get("text_mean_abs_logprob_diff")), "text_mean_abs_logprob_diff"),
-        (t("acc.text_max_diff"), f.metric(overall.get("text_max_abs_logprob_diff")), "text_max_abs_logprob_diff"),
-        (t("acc.ppl_tokens"), f.value(scored) if scored is not None else f.missing, "text_tokens"),
-    ]
-    return r.facts([(a, b, f"compare.json: overall.{c}") for a, b, c in rows], "col.metric")
+def _epsilon(value) -> str:
+    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
+
+
+def _to_floor(check: Doc) -> str:
+    """The engine's value over the floor's ("—" when the floor is 0: only epsilon makes the limit)."""
+    return "—" if check.get("ratio_to_floor") is None else format_ratio(check["ratio_to_floor"])

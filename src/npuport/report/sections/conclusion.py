@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import KW_ONLY, dataclass
 from operator import attrgetter
 
+from npuport.report.artifacts import Doc
 from npuport.report.context import ReportContext
-from npuport.report.formatting import status_cell
+from npuport.report.formatting import is_number, status_cell
 from npuport.report.mdtext import Md, code
 from npuport.report.sections.accuracy_performance import Speed, kv_capacity, throughput
-from npuport.report.verdicts import Verdict
+from npuport.report.verdicts import Verdict, check_label
 
 
 def conclusion_table(r: ReportContext, rows: list[Verdict]) -> Md:
     columns = [
-        ("col.check", lambda v: r.t("check." + v.check)),
+        ("col.check", lambda v: check_label(r.t, v.check)),
         ("col.result", lambda v: status_cell(r.t, v.status)),
         ("col.measured", attrgetter("detail")),
         ("col.evidence", lambda v: code(v.evidence)),
@@ -40,17 +41,19 @@ KEY_COLUMNS = [
 
 
 def key_measurements(r: ReportContext) -> Md:
-    """The measured numbers a reader asks first, each beside its reference value and its source (as the
-    reference report's closing table, but every value read from an artifact)."""
+    """The measured numbers a reader asks first, each beside its reference value (the noise floor and the gate's
+    limit where there is one) and its source; every value read from an artifact."""
+    return r.table(_run_measurements(r) + _accuracy_measurements(r), KEY_COLUMNS)
+
+
+def _run_measurements(r: ReportContext) -> list[Measurement]:
     t, f = r.t, r.f
     smoke, base, compare = r.docs.smoke, r.docs.baseline, r.docs.compare
     s, b = Speed.of(smoke), Speed.of(base)
     prompts = compare.records("prompts")
     matched = f"{sum(p.get('matched') or 0 for p in prompts)} / {sum(p.get('compared') or 0 for p in prompts)}"
-    overall = compare.part("overall")
-    limits = {c.get("metric"): f"{c.get('op')} {f.value(c.get('limit'))}" for c in compare.records("checks")}
     both = "smoke.json, baseline.json: "
-    rows = [
+    return [
         Measurement(
             t("perf.load"),
             f.seconds(smoke.get("load_seconds")),
@@ -71,17 +74,65 @@ def key_measurements(r: ReportContext) -> Md:
         Measurement(
             t("key.tokens"), matched if prompts else f.missing, "", source="compare.json: prompts[].matched, compared"
         ),
+    ]
+
+
+def gate_basis(r: ReportContext, check: Doc) -> str:
+    """ "floor F, limit <= L" of a floor gate ("" when compare.json has no such check)."""
+    if not check:
+        return ""
+    limit = f"{check.get('op', '?')} {r.f.metric(check.get('limit'))}"
+    return r.t("key.floor_limit", floor=r.f.metric(check.get("floor")), limit=limit)
+
+
+def _rel_diff(perplexity: Doc) -> float | None:
+    base, other = perplexity.get("base"), perplexity.get("other")
+    return abs(other - base) / base if is_number(base) and is_number(other) and base else None
+
+
+def _accuracy_measurements(r: ReportContext) -> list[Measurement]:
+    t, f = r.t, r.f
+    compare = r.docs.compare
+    overall, evaluation = compare.part("overall"), compare.part("evaluation")
+    checks = {c.get("threshold"): c for c in compare.records("checks")}
+    floor_ppl = evaluation.part("floor", "perplexity")
+    same = evaluation.value("engine", "same_top1", "p")
+    measured = evaluation.get("status") == "measured"
+    return [
         Measurement(
             t("col.mean_diff"),
             f.metric(overall.get("mean_abs_logprob_diff")),
-            limits.get("mean_abs_logprob_diff", ""),
+            gate_basis(r, checks.get("prompt_mean_abs_logprob_diff", Doc())),
             source="compare.json: overall.mean_abs_logprob_diff",
+        ),
+        Measurement(
+            t("key.mean_kld"),
+            f.metric(evaluation.value("engine", "kld", "mean")),
+            gate_basis(r, checks.get("eval_mean_kld", Doc())),
+            source="compare.json: evaluation.engine.kld.mean",
+        ),
+        Measurement(
+            t("key.same_top1"),
+            f.percent(same),
+            t("key.floor", floor=f.percent(evaluation.value("floor", "same_top1", "p"))) if measured else "",
+            source="compare.json: evaluation.engine.same_top1.p, evaluation.floor.same_top1.p",
+        ),
+        Measurement(
+            t("key.ppl"),
+            f.num(overall.get("perplexity_engine"), 6),
+            t(
+                "key.reference_floor",
+                reference=f.num(overall.get("perplexity_reference"), 6),
+                floor=f.num(floor_ppl.get("other"), 6),
+            )
+            if measured
+            else "",
+            source="compare.json: overall.perplexity_engine, perplexity_reference; evaluation.floor.perplexity.other",
         ),
         Measurement(
             t("key.perplexity"),
             f.metric(overall.get("perplexity_rel_diff")),
-            limits.get("perplexity_rel_diff", ""),
-            source="compare.json: overall.perplexity_rel_diff",
+            t("key.floor", floor=f.metric(_rel_diff(floor_ppl))) if measured else "",
+            source="compare.json: overall.perplexity_rel_diff; evaluation.floor.perplexity",
         ),
     ]
-    return r.table(rows, KEY_COLUMNS)

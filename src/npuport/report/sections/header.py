@@ -8,12 +8,12 @@ from npuport.report.context import ReportContext
 from npuport.report.formatting import status_cell
 from npuport.report.mdtext import Md
 from npuport.report.sections.adaptation import source_text
-from npuport.report.verdicts import NOT_MEASURED, Verdict
+from npuport.report.verdicts import NOT_MEASURED, Verdict, check_label
 
 
 def header(r: ReportContext, rows: list[Verdict], overall: str) -> Md:
     t, docs = r.t, r.docs
-    missing = [t("check." + v.check) for v in rows if v.status == NOT_MEASURED]
+    missing = [check_label(t, v.check) for v in rows if v.status == NOT_MEASURED]
     items = [
         (t("head.source"), source_text(docs.manifest) if docs.manifest else t("word.not_measured")),
         (t("head.status"), status_cell(t, overall)),

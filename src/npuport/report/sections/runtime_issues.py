@@ -8,7 +8,7 @@ from npuport.report.artifacts import Doc
 from npuport.report.context import ReportContext
 from npuport.report.mdtext import Md, code, text
 from npuport.report.sections import fixes
-from npuport.report.verdicts import format_value
+from npuport.report.verdicts import gate_detail, gate_label, join
 
 SEVERITY_SYMBOLS = {"error": "❌", "warning": "⚠", "info": "ℹ"}
 
@@ -106,12 +106,13 @@ def _threshold_issues(r: ReportContext) -> list[Issue]:
     found = []
     for c in r.docs.compare.records("checks"):
         if c.get("passed") is False:
-            evidence = f"{c.get('metric')} = {format_value(c.get('value'))}, required {c.get('op')} {c.get('limit')}"
+            name = str(c.get("threshold"))
+            evidence = join(gate_label(r.t, name, c.get("metric")), gate_detail(r.t, dict(c.data)), sep=": ")
             issue = Issue.found(
                 r,
                 id=f"threshold_{c.get('threshold')}",
                 severity="error",
-                summary=r.t("issue.threshold", name=code(c.get("threshold"))),
+                summary=r.t("issue.threshold", name=code(name)),
                 evidence=[evidence],
                 fix=fixes.threshold_fix(r),
                 source="compare.json: checks",
