@@ -1,10 +1,17 @@
 import json
-import math
 
 import pytest
 import torch
 
-from npuport.compare.compare import classify, compare, first_divergence, perplexity, threshold_checks, topk_metrics
+from npuport.compare.compare import (
+    classify,
+    compare,
+    first_divergence,
+    floor_teacher_forced,
+    threshold_checks,
+    topk_metrics,
+)
+from npuport.compare.gates import GATE_NAMES, gate_checks, margin
 from npuport.core.settings import CompareSettings
 
 
@@ -95,8 +102,34 @@ def test_threshold_checks_store_limit_beside_value():
     assert by_name["max_perplexity_rel_diff"]["passed"] is None  # not measured, not passed
 
 
-def test_perplexity_skips_unscored_first_token():
-    assert perplexity([1, 2, 3], [None, math.log(0.5), math.log(0.5)]) == pytest.approx(2.0)
+def test_gates_limit_is_ratio_times_floor_plus_epsilon():
+    engine = {"evaluation": {"kld": {"mean": 3e-4, "p99": 1e-3}, "same_top1": {"p": 0.99}},
+              "prompts": {"top1_agreement": 1.0}}  # fmt: skip
+    floor = {"evaluation": {"kld": {"mean": 1e-4, "p99": 1e-3}, "same_top1": {"p": 0.995}},
+             "prompts": {"top1_agreement": 1.0}}  # fmt: skip
+    checks = {c["threshold"]: c for c in gate_checks(engine, floor, ratio=2.0, ratios={"eval_p99_kld": 0.5})}
+    mean = checks["eval_mean_kld"]
+    assert mean["limit"] == pytest.approx(2 * 1e-4 + 1e-6) and mean["passed"] is False
+    assert mean["ratio_to_floor"] == pytest.approx(3.0) and margin(mean) == pytest.approx(3e-4 / 2.01e-4)
+    assert checks["eval_p99_kld"]["ratio"] == 0.5 and checks["eval_p99_kld"]["passed"] is False  # per-gate ratio
+    top1 = checks["eval_top1_disagreement"]  # agreement enters as disagreement
+    assert top1["value"] == pytest.approx(0.01) and top1["floor"] == pytest.approx(0.005)
+    assert top1["limit"] == pytest.approx(2 * 0.005 + 0.005) and top1["passed"] is True
+    # zero on both sides passes on epsilon; metrics absent on either side are not gated
+    assert checks["prompt_top1_disagreement"]["passed"] is True and checks["prompt_top1_disagreement"]["floor"] == 0
+    assert set(checks) == {"eval_mean_kld", "eval_p99_kld", "eval_top1_disagreement", "prompt_top1_disagreement"}
+    assert set(checks) <= set(GATE_NAMES)
+
+
+def test_floor_teacher_forced_uses_the_low_precision_references_own_top_k():
+    reference = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0, -1.0]]), -1)
+    low_logits = torch.tensor([[1.0, 2.0, 0.0, -1.0]])  # its top-1 differs from the reference's
+    record = {"token_ids": [1], "top_logprobs": [[[1, -0.3], [0, -1.3]]]}
+    metrics = floor_teacher_forced(reference, low_logits, record)
+    assert metrics["positions"] == 1 and metrics["top1_agreement"] == 0.0
+    low = torch.log_softmax(low_logits, -1)[0]
+    expected = max(abs(float(low[i]) - float(reference[0, i])) for i in (0, 1))
+    assert metrics["max_abs_logprob_diff"] == pytest.approx(expected)
 
 
 def test_not_measured_records_the_typed_settings():
@@ -104,6 +137,7 @@ def test_not_measured_records_the_typed_settings():
     doc = compare({"status": "not run", "reason": "no vLLM"}, {"status": "ok"}, "unused", settings)
     assert doc["status"] == "not measured" and doc["reason"] == "smoke status not run: no vLLM"
     assert doc["settings"] == settings.as_dict() == json.loads(json.dumps(doc["settings"]))
-    assert doc["settings"]["window"] == 48 and doc["settings"]["thresholds"]["min_top1_agreement"] == 0.95
+    assert doc["settings"]["window"] == 48 and doc["settings"]["thresholds"] == {}  # fixed limits are opt-in
+    assert doc["settings"]["floor_ratio"] == 2.0
     with pytest.raises(TypeError):
         compare({"status": "not run"}, {"status": "ok"}, "unused", settings, True)  # trust_remote_code by keyword

@@ -119,7 +119,10 @@ def random_model_run(tmp_path_factory):
     from model_factory import write_plain_checkpoint
 
     model = write_plain_checkpoint(tmp_path_factory.mktemp("random") / "model")
-    return _judge(model, tmp_path_factory.mktemp("random-capture"), {"correct": None})["correct"]
+    document = _judge(model, tmp_path_factory.mktemp("random-capture"), {"correct": None})["correct"]
+    gates = {c["threshold"]: (c["value"], c.get("floor")) for c in document["checks"] if c.get("kind") == "floor"}
+    print(json.dumps({"random model": _summary(document), "gates (engine, floor)": gates}, indent=1))
+    return document
 
 
 def test_correct_engine_passes_on_the_embedded_model(embedded_runs):
