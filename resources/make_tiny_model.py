@@ -1,14 +1,16 @@
-"""Regenerate the embedded default model of npuport: a tiny ternary-QAT Llama.
+"""Regenerate the embedded default model of npuport: a tiny ternary-QAT Llama, shipped like BitCPM4-CANN-*-unquantized.
 
     python resources/make_tiny_model.py [--out resources/tiny-bitcpm] [--steps N]
 
 Trains a byte-level BPE tokenizer on resources/tiny_corpus.txt, then a tiny
-LlamaForCausalLM (LongRoPE, GQA, SwiGLU, untied lm_head) with ternary
-quantization-aware training until its fused (ternary) weights answer the
-pipeline's four default prompts. Writes the LATENT (unfused) weights in
-bfloat16 and a deliberately wrong config.json (see WRONG_FIELDS), like the
-reference report's download repo. Deterministic: same bytes on every run
-with the same torch/tokenizers versions and thread count.
+LlamaForCausalLM (LongRoPE switching at position 256, GQA, SwiGLU, untied
+lm_head) with ternary quantization-aware training until its fused (ternary)
+weights answer the pipeline's four default prompts with wide margins. Writes
+the LATENT (unfused) weights in bfloat16, the QAT forward as bundled modeling
+code (modeling_bitcpm.py, named by config.json's auto_map) and a deliberately
+wrong config.json (see WRONG_FIELDS), like the reference report's download
+repo. Deterministic: same bytes on every run with the same torch/tokenizers/
+transformers versions (one thread). About 3-4 minutes on one CPU thread.
 """
 
 from __future__ import annotations
@@ -30,10 +32,12 @@ CORPUS = RESOURCES / "tiny_corpus.txt"
 DEFAULT_OUT = RESOURCES / "tiny-bitcpm"
 
 SEED = 1234
-THREADS = 2
+# One thread: on a busy 2-core host two threads wait on each other (measured 5x slower per step). Byte-identical
+# reruns are checked with this thread count.
+THREADS = 1
 GROUP_SIZE = 128
 VOCAB_SIZE = 1024
-DEFAULT_STEPS = 400
+DEFAULT_STEPS = 500
 FILLER_PER_STEP = 12
 MAX_NEW_TOKENS = 48
 
@@ -51,6 +55,16 @@ PROMPT_ANSWERS = {
 }
 
 HEAD_DIM = 32
+# LongRoPE switches from short to long factors past ROPE_SWITCH positions, inside the default engine.max_model_len
+# (2048); max_position_embeddings / ROPE_SWITCH = 16 makes the attention scale sqrt(1 + ln 16 / ln 256) = sqrt(1.5).
+ROPE_SWITCH = 256
+MAX_POSITIONS = 4096
+# Training sequences of this many tokens (corpus lines concatenated) cover positions past the switch.
+LONG_TOKENS = 384
+LONG_PER_STEP = 1
+# Every answer token's top-1 logit must beat the runner-up by this much (float32 and bfloat16), or nothing is written.
+MIN_MARGIN = 10.0
+MODELING_MODULE = "modeling_bitcpm"
 # Equal long and short factors, as in BitCPM4-CANN-1B; a smooth ramp so that LongRoPE really changes inv_freq.
 LONGROPE_FACTORS = [round(1.0 + 0.1 * (math.exp(i / 4) - 1.0), 4) for i in range(HEAD_DIM // 2)]
 
@@ -67,13 +81,13 @@ CORRECT_CONFIG = {
     "head_dim": HEAD_DIM,
     "hidden_act": "silu",
     "rms_norm_eps": 1e-06,
-    "max_position_embeddings": 4096,
+    "max_position_embeddings": MAX_POSITIONS,
     "rope_theta": 10000.0,
     "rope_scaling": {
         "rope_type": "longrope",
         "long_factor": LONGROPE_FACTORS,
         "short_factor": LONGROPE_FACTORS,
-        "original_max_position_embeddings": 4096,
+        "original_max_position_embeddings": ROPE_SWITCH,
     },
     "attention_bias": False,
     "mlp_bias": False,
@@ -83,10 +97,60 @@ CORRECT_CONFIG = {
     "initializer_range": 0.02,
     "use_cache": True,
     "torch_dtype": "bfloat16",
+    # The QAT forward ships with the checkpoint, as in BitCPM4-CANN-*-unquantized (trust_remote_code loads it).
+    "auto_map": {"AutoModelForCausalLM": f"{MODELING_MODULE}.BitCPMForCausalLM"},
 }
 
 # The fields the shipped config.json gets wrong on purpose (the pipeline's repair_config must fix them).
 WRONG_FIELDS = {"hidden_size": 160, "num_hidden_layers": 6, "num_attention_heads": 8, "intermediate_size": 512}
+
+
+# The checkpoint's own QAT forward, shipped as modeling_bitcpm.py and named by auto_map (like the modeling code of
+# BitCPM4-CANN-*-unquantized). Self-contained: it imports only torch and transformers.
+MODELING_SOURCE = '''\
+"""Ternary quantization-aware forward of the npuport embedded model (written by resources/make_tiny_model.py).
+
+A LlamaForCausalLM whose seven projections per decoder layer are ternary fake-quantized in every forward,
+BitNet b1.58's absmean RoundClip (arXiv:2402.17764) per group of GROUP_SIZE input features:
+scale = max(mean |W|, EPS), W_q = clamp(round(W / scale), -1, 1) * scale, with a straight-through gradient.
+The checkpoint stores the latent full-precision weights; load it with trust_remote_code=True.
+"""
+
+import torch
+from torch import nn
+from transformers import LlamaForCausalLM
+
+GROUP_SIZE = 128
+EPS = 1e-5
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def ternary_fake_quant(weight, group_size=GROUP_SIZE, eps=EPS):
+    """Per group: absmean scale, round to the nearest integer, clip to [-1, 1], scale back (in float32)."""
+    w = weight.float().reshape(weight.shape[0], -1, group_size)
+    scale = w.abs().mean(dim=-1, keepdim=True).clamp(min=eps)
+    quantized = (torch.clamp(torch.round(w / scale), -1, 1) * scale).reshape(weight.shape)
+    return quantized.to(weight.dtype) + (weight - weight.detach())  # straight-through estimator
+
+
+class TernaryLinear(nn.Linear):
+    """nn.Linear whose weight is ternary fake-quantized in every forward."""
+
+    def forward(self, x):
+        return nn.functional.linear(x, ternary_fake_quant(self.weight).to(x.dtype), self.bias)
+
+
+class BitCPMForCausalLM(LlamaForCausalLM):
+    """LlamaForCausalLM with TernaryLinear projections; embeddings, norms and lm_head stay full precision."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        for layer in self.model.layers:
+            for block in (layer.self_attn, layer.mlp):
+                for name in PROJECTIONS:
+                    if isinstance(getattr(block, name, None), nn.Linear):
+                        getattr(block, name).__class__ = TernaryLinear
+'''
 
 
 def correct_config() -> dict:
@@ -201,12 +265,34 @@ def batch(examples: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Te
     return ids, labels, answer
 
 
-def loss_fn(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor, answer: torch.Tensor) -> torch.Tensor:
-    """Mean next-token loss over all tokens plus, again, over the default prompts' answers (for wide margins)."""
+def token_losses(model: nn.Module, ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Next-token cross entropy at every position (0 where the label is -100)."""
     logits = model(input_ids=ids).logits[:, :-1].float()
-    per_token = nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-    valid = labels != -100
-    return per_token[valid].mean() + per_token[answer].mean()
+    return nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+
+
+def loss_fn(model: nn.Module, short: tuple, long: tuple) -> torch.Tensor:
+    """Mean next-token loss over all tokens of the short batch and the long sequences, plus, again, the mean over
+    the default prompts' answers (for wide margins). Short and long sequences run as two batches (no padding of
+    the short ones to LONG_TOKENS)."""
+    ids, labels, answer = short
+    per_token = token_losses(model, ids, labels)
+    long_ids, long_labels, _ = long
+    every = torch.cat([per_token[labels != -100], token_losses(model, long_ids, long_labels).flatten()])
+    return every.mean() + per_token[answer].mean()
+
+
+def long_sequences(pieces: list[list[int]], count: int, generator: torch.Generator) -> list[tuple[list[int], int]]:
+    """``count`` sequences of LONG_TOKENS tokens: <s> and corpus lines in a random order, joined by spaces
+    (``pieces``: each line's ids as it reads after a space), cut at LONG_TOKENS. Positions run past ROPE_SWITCH."""
+    out = []
+    for _ in range(count):
+        ids = [BOS_ID]
+        while len(ids) < LONG_TOKENS:
+            for i in torch.randperm(len(pieces), generator=generator).tolist():
+                ids += pieces[i]
+        out.append((ids[:LONG_TOKENS], 0))
+    return out
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: int = 20) -> float:
@@ -216,7 +302,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: int = 20) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def train(model: nn.Module, qa: list, filler: list, steps: int, log_every: int = 50) -> float:
+def train(model: nn.Module, qa: list, filler: list, pieces: list, steps: int, log_every: int = 50) -> float:
     from npuport.weights.qat import make_qat
 
     make_qat(model, GROUP_SIZE)
@@ -227,10 +313,11 @@ def train(model: nn.Module, qa: list, filler: list, steps: int, log_every: int =
     start = time.perf_counter()
     for step in range(steps):
         pick = torch.randperm(len(filler), generator=generator)[:FILLER_PER_STEP].tolist()
-        ids, labels, answer = batch(qa + [filler[i] for i in pick])
+        short = batch(qa + [filler[i] for i in pick])
+        long = batch(long_sequences(pieces, LONG_PER_STEP, generator))
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, steps, 3e-3)
-        loss = loss_fn(model, ids, labels, answer)
+        loss = loss_fn(model, short, long)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -270,7 +357,8 @@ def answer_margins(model: nn.Module, seq: list[int], start: int) -> torch.Tensor
 
 
 def evaluate(state: dict[str, torch.Tensor], tokenizer) -> bool:
-    """Greedy-decode every default prompt with the fused model in float32 and bfloat16; print answers and margins."""
+    """Greedy-decode every default prompt with the fused model in float32 and bfloat16; print answers and margins.
+    True when every answer is the trained one and every answer token's margin is at least MIN_MARGIN."""
     ok = True
     for dtype in (torch.float32, torch.bfloat16):
         model = load_fused(state, dtype)
@@ -278,7 +366,7 @@ def evaluate(state: dict[str, torch.Tensor], tokenizer) -> bool:
             seq, start = qa_example(tokenizer, prompt, answer)
             out = greedy(model, seq[:start])
             margins = answer_margins(model, seq, start)
-            match = out == seq[start:]
+            match = out == seq[start:] and float(margins.min()) >= MIN_MARGIN
             ok &= match
             text = tokenizer.decode(out, skip_special_tokens=True)
             print(
@@ -303,6 +391,7 @@ def write_model_dir(out: Path, state: dict[str, torch.Tensor], tokenizer) -> Non
         dump(tmp / "tokenizer_config.json", tokenizer_config())
         dump(tmp / "special_tokens_map.json", special_tokens_map())
         tokenizer.save(str(tmp / "tokenizer.json"), pretty=True)
+        (tmp / f"{MODELING_MODULE}.py").write_text(MODELING_SOURCE, encoding="utf-8")
         tmp.chmod(0o755)
 
 
@@ -331,16 +420,22 @@ def main(argv: list[str] | None = None) -> int:
 
     qa = [qa_example(tokenizer, p, a) for p, a in PROMPT_ANSWERS.items()]
     skip = default_prompt_lines()
-    filler = [(encode(tokenizer, line, bos=True) + [EOS_ID], 0) for line in lines if line not in skip]
-    assert len(filler) == len(lines) - len(skip), "the corpus must hold each default prompt+answer once, verbatim"
+    filler_lines = [line for line in lines if line not in skip]
+    assert len(filler_lines) == len(lines) - len(skip), "the corpus must hold each default prompt+answer once, verbatim"
+    filler = [(encode(tokenizer, line, bos=True) + [EOS_ID], 0) for line in filler_lines]
+    pieces = [encode(tokenizer, " " + line, bos=False) for line in filler_lines]
 
     model = build_model()
     print(f"model: {sum(p.numel() for p in model.parameters())} parameters; training {args.steps} steps", flush=True)
-    final_loss = train(model, qa, filler, args.steps)
+    final_loss = train(model, qa, filler, pieces, args.steps)
     state = latent_state_dict(model)
     print(f"final loss {final_loss:.4f}; fused model from the stored bfloat16 latent weights:", flush=True)
     if not evaluate(state, tokenizer):
-        print("error: the fused model does not give the trained answers; not writing", args.out, file=sys.stderr)
+        print(
+            f"error: the fused model does not give the trained answers with margins >= {MIN_MARGIN}; not writing",
+            args.out,
+            file=sys.stderr,
+        )
         return 1
     write_model_dir(args.out, state, tokenizer)
     size = sum(p.stat().st_size for p in args.out.iterdir())

@@ -57,7 +57,7 @@ def test_option_defaults_and_help_come_from_the_schema():
     assert result.returncode == 0, result.stderr
     help_text = " ".join(result.stdout.split())
     assert schema_description("fuse", "max_shard_size") in help_text
-    assert "(config: fuse.group_size; default: 128)" in help_text
+    assert "(config: fuse.group_size; default: None)" in help_text  # None: from the evidence, else 128
 
 
 def test_fuse_option_is_checked_against_the_schema(tmp_path):

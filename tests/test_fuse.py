@@ -31,11 +31,16 @@ def _load_model_dir(path):
     return tensors
 
 
+# The evidence that these latent weights are ternary QAT weights (npuport.weights.qat_evidence): a config.json
+# declaration without a group size, so the configured GROUP is used (tests/test_qat_evidence.py covers the others).
+DECLARATION = {"quantization_config": {"quant_method": "ternary"}}
+
+
 @pytest.fixture(scope="module")
 def latent(tmp_path_factory):
     model = tiny_model(seed=1)
     wrong = {"hidden_size": 80, "num_hidden_layers": 3, "intermediate_size": 256}
-    return write_latent_checkpoint(tmp_path_factory.mktemp("latent"), model, config_edits=wrong)
+    return write_latent_checkpoint(tmp_path_factory.mktemp("latent"), model, config_edits=wrong | DECLARATION)
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +53,9 @@ def test_fused_logits_equal_qat_forward(latent, fused):
     out, document = fused
     assert document["tensors_quantized"] == 2 * 7
     assert document["all_linears_ternary"] is True
+    assert document["fused"] is True and document["ternary_expected"] is True
+    assert (document["group_size"], document["group_size_source"]) == (GROUP, "config")
+    assert "config.json quantization_config declares it" in document["decision"]
     ids = torch.tensor([[1, 5, 9, 33, 60, 2, 7]])
     reference = LlamaForCausalLM.from_pretrained(out, dtype=torch.bfloat16).eval()
     qat = LlamaForCausalLM._from_config(reference.config, dtype=torch.bfloat16).eval()
@@ -63,6 +71,7 @@ def test_fused_dir_has_hf_layout_and_repaired_config(fused):
     out, document = fused
     config = json.loads((out / "config.json").read_text())
     assert (config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]) == (64, 2, 128)
+    assert "quantization_config" not in config  # the fused model is plain
     assert (out / "tokenizer.json").exists()
     assert (out / "fuse.json").exists()
     index = json.loads((out / INDEX_NAME).read_text())
@@ -86,6 +95,7 @@ def test_fusing_a_fused_model_changes_nothing(fused, tmp_path):
     document = _fuse(out, again)
     assert document["tensors_quantized"] == 0
     assert "already ternary" in document["decision"]
+    assert document["ternary_expected"] is True and document["qat_evidence"]["found"] is False
     first, second = _load_model_dir(out), _load_model_dir(again)
     assert first.keys() == second.keys()
     for name in first:
@@ -96,6 +106,7 @@ def test_mode_never_keeps_latent_weights(latent, tmp_path):
     document = _fuse(latent, tmp_path / "m", mode="never")
     assert document["tensors_quantized"] == 0
     assert document["linears_ternary"] == 0
+    assert document["ternary_expected"] is False  # nothing fused: the latent linears need not be ternary
     original = torch.load(latent / "pytorch_model.bin", weights_only=True)
     fused = _load_model_dir(tmp_path / "m")
     assert all(torch.equal(original[k], fused[k]) for k in original)
@@ -124,6 +135,17 @@ def test_failed_fuse_leaves_nothing(latent, tmp_path):
     with pytest.raises(NpuportError, match="not a multiple"):  # refused inside the staging dir, before writing
         _fuse(latent, out, group_size=48)  # 64 input features are not a multiple of 48
     assert list(tmp_path.iterdir()) == []
+
+
+def test_latent_weights_without_qat_evidence_are_left_as_they_are(tmp_path):
+    """The same latent weights without the declaration: auto does not ternarize them (an ordinary model)."""
+    src = write_latent_checkpoint(tmp_path / "src", tiny_model(seed=1))
+    document = _fuse(src, tmp_path / "m")
+    assert document["fused"] is False and document["tensors_quantized"] == 0
+    assert "no sign of ternary QAT: not fused" in document["decision"]
+    assert document["tensors_byte_copied"] == len(document["tensors"])
+    original, result = torch.load(src / "pytorch_model.bin", weights_only=True), _load_model_dir(tmp_path / "m")
+    assert all(torch.equal(original[k], result[k]) and original[k].dtype == result[k].dtype for k in original)
 
 
 # --- the streaming writer and the byte-copy path give what fuse_tensor + safetensors.save_file give ---------------

@@ -65,6 +65,7 @@ def test_every_derived_field(tmp_path, fmt, shards, arch):
     assert derived["total_bytes"] == sum(t.numel() * t.element_size() for t in sd.values())
     assert derived["tensor_count"] == len(sd)
     assert derived["quantizer_modules"] == []
+    assert derived["qat"]["found"] is False and derived["qat"]["summary"].startswith("no sign of ternary QAT")
     assert doc["checkpoint"]["format"] == fmt and len(doc["checkpoint"]["files"]) == shards
     assert doc["mismatches"] == [] and doc["ambiguities"] == []
     assert set(doc["declared"]) == set(DERIVED_FIELDS)
@@ -248,6 +249,9 @@ def test_quantizer_modules(tmp_path):
     assert "model.layers.0.mlp.down_proj.weight_quantizer" in modules
     assert "model.layers.1.self_attn.q_proj" in modules
     assert len(modules) == 2 * 7 + 2
+    # quantizer wrapper modules are ternary QAT evidence; a bare weight_scale leaf (FP8, int packs) is not
+    evidence = doc["derived"]["qat"]["evidence"]
+    assert [e["kind"] for e in evidence] == ["tensors"] and evidence[0]["module_count"] == 2 * 7
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "bin"])

@@ -267,8 +267,13 @@ def test_folded_linears_stay_ternary(folded):
 def test_latent_weights_are_quantized_before_they_are_scaled(tmp_path):
     latent = minicpm_state_dict(ARCH, ternary=False, seed=SEED)
     src = write_minicpm_checkpoint(tmp_path / "latent", ARCH, latent)
+    # the evidence that these are ternary QAT weights (auto fuses nothing without): a config.json declaration
+    config = json.loads((src / "config.json").read_text()) | {"ternary": {"group_size": GROUP_SIZE}}
+    (src / "config.json").write_text(json.dumps(config))
     doc = convert(src, tmp_path / "out")
     assert doc["tensors_quantized"] == 7 * ARCH.num_hidden_layers and doc["all_linears_ternary"] is True
+    assert doc["group_size_source"] == "evidence" and doc["minicpm"]["folded"] is True
+    assert "ternary" not in json.loads((tmp_path / "out" / "config.json").read_text())
     result = load_dir(tmp_path / "out")
     for name, weight in latent.items():
         if name.endswith(("o_proj.weight", "down_proj.weight")):

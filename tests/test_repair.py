@@ -80,3 +80,39 @@ def test_remote_code_config_not_loaded_without_trust(tmp_path):
     path = _config(tmp_path, auto_map={"AutoConfig": "configuration_x.XConfig"})
     _, report = repair(path, {"derived": DERIVED})
     assert report["transformers_config_class"].startswith("not checked")
+
+
+# --- the config of the plain model: QAT declarations and the QAT forward's auto_map go ------------------------------
+
+QAT_CODE = {"found": True, "evidence": [{"kind": "modeling_code", "file": "modeling_q.py"}]}
+QAT_DECLARED = {"found": True, "evidence": [{"kind": "config", "key": "quantization_config"}]}
+AUTO_MAP = {"AutoModelForCausalLM": "modeling_q.QForCausalLM", "AutoTokenizer": ["tok.T", None]}
+
+
+def test_the_qat_forward_auto_map_is_dropped_for_the_plain_llama(tmp_path):
+    path = _config(tmp_path, auto_map=AUTO_MAP)
+    config, report = repair(path, {"derived": DERIVED | {"qat": QAT_CODE}, "ambiguities": []})
+    assert config["auto_map"] == {"AutoTokenizer": ["tok.T", None]}  # tokenizer code is not the QAT forward
+    assert report["removed"][0]["key"] == "auto_map" and "modeling_q.py" in report["removed"][0]["reason"]
+    assert report["removed"][0]["value"] == {"AutoModelForCausalLM": "modeling_q.QForCausalLM"}
+
+
+def test_other_remote_code_stays(tmp_path):
+    path = _config(tmp_path, auto_map=AUTO_MAP)
+    config, report = repair(path, {"derived": DERIVED | {"qat": {"found": False, "evidence": []}}})
+    assert config["auto_map"] == AUTO_MAP and report["removed"] == []
+    assert report["transformers_config_class"].startswith("not checked")
+    minicpm = _config(tmp_path, auto_map=AUTO_MAP, model_type="minicpm")  # not a stock Llama: its code is needed
+    config, report = repair(minicpm, {"derived": DERIVED | {"qat": QAT_CODE}})
+    assert config["auto_map"] == AUTO_MAP and report["removed"] == []
+
+
+def test_a_ternary_declaration_is_dropped_and_the_config_loads(tmp_path):
+    path = _config(tmp_path, quantization_config={"quant_method": "ternary", "group_size": 128})
+    config, report = repair(path, {"derived": DERIVED | {"qat": QAT_DECLARED}})
+    assert "quantization_config" not in config
+    assert report["removed"] == [
+        {"key": "quantization_config", "value": {"quant_method": "ternary", "group_size": 128},
+         "reason": "ternary QAT declaration: the served model is plain"}
+    ]  # fmt: skip
+    assert report["transformers_config_class"] == "LlamaConfig"

@@ -84,6 +84,7 @@ def test_directory_holds_the_model_files_and_is_small():
     assert names == {
         "config.json",
         "generation_config.json",
+        "modeling_bitcpm.py",
         "pytorch_model.bin",
         "special_tokens_map.json",
         "tokenizer.json",
@@ -119,7 +120,9 @@ def test_config_json_declares_the_family_architecture(disk_config):
     assert rope["rope_type"] == "longrope"
     assert rope["long_factor"] == rope["short_factor"]
     assert len(rope["long_factor"]) == disk_config["head_dim"] // 2
-    assert rope["original_max_position_embeddings"] <= disk_config["max_position_embeddings"]
+    # the switch to the long factors lies inside the default engine.max_model_len (2048), with attention scaling
+    assert rope["original_max_position_embeddings"] == 256 and disk_config["max_position_embeddings"] == 4096
+    assert make.LONG_TOKENS > rope["original_max_position_embeddings"]  # training saw positions past the switch
     generation = json.loads((MODEL_DIR / "generation_config.json").read_text(encoding="utf-8"))
     assert (generation["bos_token_id"], generation["eos_token_id"]) == (1, 2)
 
@@ -155,3 +158,60 @@ def test_fused_model_gives_the_trained_answers(latent, tokenizer, dtype):
         answers[prompt] = tokenizer.decode(out, skip_special_tokens=True)
     assert answers["The capital of France is"].startswith(" Paris")
     assert answers == make.PROMPT_ANSWERS
+
+
+def test_the_qat_forward_ships_as_bundled_code_named_by_auto_map(disk_config):
+    assert disk_config["auto_map"] == {"AutoModelForCausalLM": "modeling_bitcpm.BitCPMForCausalLM"}
+    assert (MODEL_DIR / "modeling_bitcpm.py").read_text(encoding="utf-8") == make.MODELING_SOURCE
+    from npuport.weights.introspect import introspect_checkpoint
+
+    qat = introspect_checkpoint(MODEL_DIR)["derived"]["qat"]
+    assert qat["found"] is True and qat["group_size"] == GROUP_SIZE and qat["scale"] == "absmean"
+    assert [e["file"] for e in qat["evidence"]] == ["modeling_bitcpm.py"]
+
+
+@pytest.fixture(scope="module")
+def bundled_qat_model():
+    """The checkpoint's own forward: transformers with trust_remote_code, the correct config beside the files."""
+    from transformers import AutoModelForCausalLM
+
+    from npuport.weights.repair_config import repaired_view
+
+    with repaired_view(MODEL_DIR, make.correct_config(), trust_remote_code=True) as view:
+        model = AutoModelForCausalLM.from_pretrained(view, trust_remote_code=True, dtype=torch.bfloat16)
+    assert type(model).__name__ == "BitCPMForCausalLM"
+    return model.eval()
+
+
+def test_bundled_qat_forward_equals_the_fused_model_across_the_rope_switch(latent, tokenizer, bundled_qat_model):
+    """Same tokens through the checkpoint's own QAT forward and the fused plain Llama, bfloat16: equal logits,
+    on a prompt and on 300 tokens of corpus text (positions past original_max_position_embeddings 256). Both are
+    loaded with from_pretrained(dtype=bfloat16), as the pipeline loads them (a float32 model cast with .to() would
+    also cast its rotary inv_freq buffer: another model)."""
+    from transformers import LlamaForCausalLM
+
+    from npuport.weights.repair_config import repaired_view
+
+    plain = {k: v for k, v in make.correct_config().items() if k != "auto_map"}
+    with repaired_view(MODEL_DIR, plain, trust_remote_code=False) as view:
+        fused = LlamaForCausalLM.from_pretrained(view, dtype=torch.bfloat16).eval()
+    with torch.no_grad():
+        for name, parameter in fused.named_parameters():
+            if is_quantized_linear(name):
+                parameter.copy_(fake_quant(latent[name], GROUP_SIZE).to(torch.bfloat16))
+    text = " ".join(make.read_corpus())
+    for ids in (tokenizer("The capital of France is").input_ids, tokenizer(text).input_ids[:300]):
+        with torch.no_grad():
+            expected, got = bundled_qat_model(torch.tensor([ids])).logits, fused(torch.tensor([ids])).logits
+        assert torch.equal(expected, got), len(ids)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_every_answer_token_has_the_stated_margin(latent, dtype):
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))  # what the generator trains with
+    model = fused_model(latent, dtype)
+    for prompt, answer in make.PROMPT_ANSWERS.items():
+        seq, start = make.qa_example(tokenizer, prompt, answer)
+        assert float(make.answer_margins(model, seq, start).min()) >= make.MIN_MARGIN == 10, prompt

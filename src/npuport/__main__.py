@@ -32,7 +32,9 @@ def _inspect(args: argparse.Namespace) -> None:
         return
     # values come from the checkpoint's own files: control characters are escaped, never sent to the terminal
     for field, value in document["derived"].items():
-        if field != "ternary":
+        if field == "qat":
+            print(one_line(f"{'ternary QAT':24} {value.get('summary')}"))
+        elif field != "ternary":
             print(one_line(f"{field:24} {value}"))
     ternary = document["derived"]["ternary"]
     print(one_line(f"{'ternary':24} {ternary['status']} (group size {ternary['group_size']})"))
@@ -69,6 +71,7 @@ def _fuse(args: argparse.Namespace) -> None:
         max_shard_size=settings.max_shard_bytes,
         dtype=settings.dtype,
         minicpm=settings.minicpm,
+        trust_remote_code=args.trust_remote_code,
     )
     print(document["decision"])
     print(f"wrote {args.out}: {len(document['shards'])} shard(s), {document['total_bytes']} bytes")

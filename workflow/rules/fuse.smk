@@ -15,6 +15,7 @@ rule fuse:
         mem_mb=4000,
     params:
         fuse=model_setting("fuse"),
+        trust_remote_code=model_field("trust_remote_code", False),
         code=script_code("fuse"),
     script:
         "../scripts/fuse.py"

@@ -16,6 +16,7 @@ def main(smk):
         max_shard_size=settings.max_shard_bytes,
         dtype=settings.dtype,
         minicpm=settings.minicpm,
+        trust_remote_code=bool(smk.params.trust_remote_code),
     )
 
 

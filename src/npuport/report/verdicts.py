@@ -73,6 +73,10 @@ def fusion_verdict(t: Translate, fuse) -> Verdict:
     verdict = fuse.get("all_linears_ternary")
     if verdict is None:
         return Verdict("fusion", NOT_MEASURED, t("why.no_quantized_linears"), evidence)
+    if fuse.get("ternary_expected") is False:  # not fused (no ternary QAT evidence, mode never): nothing to verify
+        return Verdict("fusion", NOT_MEASURED, join(fuse.get("ternary_expected_reason")), evidence, optional=True)
+    if dig(fuse, "qat_forward_check", "status") == "failed":  # fused, but not the checkpoint's own QAT forward
+        return Verdict("fusion", FAILED, join(detail, fuse["qat_forward_check"].get("reason")), evidence)
     return Verdict("fusion", PASSED if verdict else FAILED, detail, evidence)
 
 

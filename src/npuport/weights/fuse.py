@@ -15,6 +15,7 @@ import mmap
 import os
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +26,11 @@ from npuport.core.errors import NpuportError
 from npuport.core.paths import SKIP_DIRS, source_files
 from npuport.download.manifest import MANIFEST_NAME
 from npuport.weights.checkpoint import Checkpoint
+from npuport.weights.introspect import read_config
 from npuport.weights.minicpm import Fold, FoldPlan, fold_decision, fold_plan, llama_config, model_code_files
+from npuport.weights.qat_evidence import DEFAULT_GROUP_SIZE, NO_EVIDENCE, qat_of
+from npuport.weights.qat_proof import qat_forward_check
+from npuport.weights.repair_config import plain_config
 from npuport.weights.shard_writer import INDEX_NAME as INDEX_NAME  # re-exported: callers import it from here
 from npuport.weights.shard_writer import BackgroundWriter, PlannedTensor, StreamingShardWriter
 from npuport.weights.ternary import (
@@ -74,9 +79,16 @@ def _one_torch_thread():
         torch.set_num_threads(threads)
 
 
-def should_quantize(mode: str, already_ternary: bool) -> bool:
-    """The fuse decision for one linear: always, never, or (auto) only latent weights."""
-    return mode == "always" or (mode == "auto" and not already_ternary)
+def should_quantize(mode: str, already_ternary: bool, evidence: bool = True) -> bool:
+    """The fuse decision for one linear: always, never, or (auto) latent weights of a checkpoint with ternary QAT
+    evidence (npuport.weights.qat_evidence)."""
+    return mode == "always" or (mode == "auto" and evidence and not already_ternary)
+
+
+def _kept(mode: str, found: int | None, evidence: bool) -> str:
+    if found is not None:
+        return "kept (already ternary)"
+    return "kept (no ternary QAT evidence)" if mode == "auto" and not evidence else "kept (mode never)"
 
 
 def _output_dtype(tensor: torch.Tensor, dtype: str) -> torch.dtype:
@@ -147,21 +159,22 @@ def fuse_tensor(
     dtype: str,
     fold: Fold | None = None,
     found: int | None | object = _UNCHECKED,
+    evidence: bool = True,
 ) -> tuple[torch.Tensor, dict]:
     """Fuse one tensor (then apply ``fold``, a MiniCPM scale, if given); returns the output tensor and its
-    record for fuse.json. ``found``: ternary_group_size(tensor) when the caller has computed it already."""
+    record for fuse.json. ``found``: ternary_group_size(tensor) when the caller has computed it already.
+    ``evidence``: the checkpoint is a ternary QAT checkpoint (mode auto fake-quantizes latent linears only then)."""
     out_dtype = _output_dtype(tensor, dtype)
     if not is_quantized_linear(name):
         return _finish(tensor, fold, out_dtype), {"name": name, "action": "copied"}
     if found is _UNCHECKED:
         found = ternary_group_size(tensor)
-    if should_quantize(mode, found is not None):
+    if should_quantize(mode, found is not None, evidence):
         result = _finish(fake_quant(tensor, group_size), fold, out_dtype)
         action, check_group = "quantized", group_size
     else:
         result = _finish(tensor, fold, out_dtype)
-        action = "kept (already ternary)" if found is not None else "kept (mode never)"
-        check_group = found
+        action, check_group = _kept(mode, found, evidence), found
     # ternary_group_size has checked every value of ``tensor`` already: an unchanged result needs no second pass.
     ternary = check_group is not None and (result is tensor or bool(groups_are_ternary(result, check_group).all()))
     if action == "quantized" and not ternary:
@@ -245,6 +258,7 @@ def _fuse_source_tensor(
     mode: str,
     group_size: int,
     dtype: str,
+    evidence: bool,
 ) -> tuple[list[dict], int]:
     """Write the outputs of source tensor ``name``; return their fuse.json records and how many were copied.
 
@@ -263,20 +277,21 @@ def _fuse_source_tensor(
         linear = is_quantized_linear(out_name)
         unchanged = fold is None and out_dtype == source_dtype and offset is not None
         if linear:
-            unchanged = unchanged and found is not _UNCHECKED and not should_quantize(mode, found is not None)
+            unchanged = unchanged and found is not _UNCHECKED and not should_quantize(mode, found is not None, evidence)
         if unchanged:
             writer.copy(out_name, source.path(name), source.fd(name), offset)
             copied += 1
             record = {"name": out_name, "action": "copied"}
             if linear:
-                action = "kept (already ternary)" if found is not None else "kept (mode never)"
+                action = _kept(mode, found, evidence)
                 record = {"name": out_name, "action": action, "ternary": found is not None, "group_size": found}
             nbytes = checkpoint.tensors[name].nbytes
         else:
             loaded = checkpoint.load(name) if loaded is None else loaded
             tensor, record = fuse_tensor(
-                out_name, loaded, mode=mode, group_size=group_size, dtype=dtype, fold=fold, found=found
-            )
+                out_name, loaded, mode=mode, group_size=group_size, dtype=dtype, fold=fold, found=found,
+                evidence=evidence,
+            )  # fmt: skip
             writer.write(out_name, tensor)
             out_dtype, nbytes = tensor.dtype, _tensor_bytes(tensor)
         if plan is not None:
@@ -295,6 +310,7 @@ def _write_weights(
     group_size: int,
     dtype: str,
     max_shard_size: int,
+    evidence: bool,
 ) -> tuple[list[dict], dict, int]:
     """Stream every output tensor into the shards; return the fuse.json records, the index and how many tensors
     were copied byte for byte from the source file."""
@@ -313,6 +329,7 @@ def _write_weights(
                 written, copied = _fuse_source_tensor(
                     checkpoint, source, writer, name,
                     outputs=outputs[name], plan=plan, mode=mode, group_size=group_size, dtype=dtype,
+                    evidence=evidence,
                 )  # fmt: skip
                 records += written
                 byte_copied += copied
@@ -322,12 +339,15 @@ def _write_weights(
     return records, index, byte_copied
 
 
-def check_group_size(checkpoint: Checkpoint, *, mode: str, group_size: int, introspection: dict) -> None:
+def check_group_size(
+    checkpoint: Checkpoint, *, mode: str, group_size: int, introspection: dict, fusing: bool | None = None
+) -> None:
     """NpuportError before writing when a linear that will be fake-quantized has in_features that ``group_size``
-    does not divide (<= 0: one group per row, always fits). Already-ternary linears kept by mode auto are not
-    quantized, so a checkpoint introspection found ternary is not checked."""
-    status = introspection["derived"]["ternary"]["status"]
-    if group_size <= 0 or mode == "never" or (mode == "auto" and status == "ternary"):
+    does not divide (<= 0: one group per row, always fits). Nothing is checked when nothing will be fake-quantized
+    (``fusing`` False; None: decided from ``mode`` and the introspection as fuse decides)."""
+    if fusing is None:
+        fusing = plan_fusion(mode, group_size, introspection).fusing
+    if group_size <= 0 or not fusing:
         return
     for name, info in sorted(checkpoint.tensors.items()):
         if is_quantized_linear(name) and len(info.shape) == 2 and info.shape[1] % group_size:
@@ -337,16 +357,106 @@ def check_group_size(checkpoint: Checkpoint, *, mode: str, group_size: int, intr
             )
 
 
-def decision(mode: str, introspection: dict) -> str:
-    """Why fusion does what it does, in one sentence for fuse.json and the report."""
+@dataclass(frozen=True)
+class FusionPlan:
+    """What fuse does with the quantized linears, and why (fuse.json: fused, decision, group_size*, ternary_*)."""
+
+    mode: str
+    fusing: bool  # latent linears are fake-quantized (mode always: every linear)
+    evidence: bool  # the checkpoint is a ternary QAT checkpoint (npuport.weights.qat_evidence)
+    group_size: int
+    group_size_source: str  # evidence | config | default
+    group_size_detail: str
+    decision: str
+    ternary_expected: bool  # the output's linears must be ternary (a fusion ran, or they were ternary already)
+    ternary_expected_reason: str
+
+
+def resolve_group_size(configured: int | None, qat: dict, *, needed: bool) -> tuple[int, str, str]:
+    """(group size, source, detail): the one the evidence names (a configured value must agree with every size the
+    evidence names: one-line NpuportError naming both otherwise), else the configured one, else DEFAULT_GROUP_SIZE.
+    Evidence naming two sizes with none configured is an error only when the size is ``needed`` (something will be
+    fake-quantized)."""
+    named = [(n["group_size"], n["where"]) for n in qat.get("group_sizes_named") or []] if qat.get("found") else []
+    if configured is not None:
+        contradicting = [(size, where) for size, where in named if size != configured]
+        if contradicting:
+            size = contradicting[0][0]
+            where = "; ".join(w for s, w in contradicting if s == size)
+            raise NpuportError(
+                "fuse.group_size", f"configured {configured} contradicts the checkpoint's group size {size} ({where})"
+            )
+        if named:
+            return configured, "evidence", "; ".join(w for _, w in named) + "; fuse.group_size agrees"
+        return configured, "config", "fuse.group_size"
+    sizes = sorted({size for size, _ in named})
+    if len(sizes) == 1:
+        return sizes[0], "evidence", "; ".join(w for _, w in named)
+    if len(sizes) > 1 and needed:
+        where = "; ".join(f"{s}: {w}" for s, w in named)
+        raise NpuportError("fuse.group_size", f"the checkpoint's evidence names different group sizes ({where})")
+    detail = (
+        f"nothing names one (not the QAT evidence, not fuse.group_size): {DEFAULT_GROUP_SIZE}, the family's published "
+        "group size (BitCPM-CANN: ternary per 128 input channels)"
+    )
+    return DEFAULT_GROUP_SIZE, "default", detail
+
+
+def plan_fusion(mode: str, group_size: int | None, introspection: dict) -> FusionPlan:
+    """Decide from the mode, the introspected ternary status and the QAT evidence (see npuport.weights.qat_evidence).
+
+    auto: linears already ternary -> format only; latent (or mixed) linears with ternary QAT evidence -> the latent
+    ones are fake-quantized; without evidence -> nothing is (an ordinary model is never ternarized). always forces
+    fusion, never forbids it."""
     status = introspection["derived"]["ternary"]["status"]
-    if mode == "never":
-        return "fuse mode 'never': weights converted to safetensors unchanged"
-    if mode == "always":
-        return "fuse mode 'always': every quantized linear fake-quantized"
-    if status == "ternary":
-        return "fuse mode 'auto': introspection found the linears already ternary, so only the format is converted"
-    return f"fuse mode 'auto': introspection found the linears {status}, so latent linears are fake-quantized"
+    qat = qat_of(introspection)
+    evidence = bool(qat.get("found"))
+    applicable = status != "not applicable"
+    fusing = applicable and (mode == "always" or (mode == "auto" and evidence and status != "ternary"))
+    size, source, detail = resolve_group_size(group_size, qat, needed=fusing)
+    sized = f"group size {size}, from the {source}"
+    because = qat.get("summary") or NO_EVIDENCE
+    if not applicable:
+        decision = f"fuse mode '{mode}': no quantized projection in the checkpoint, nothing to fuse"
+    elif mode == "never":
+        decision = "fuse mode 'never': weights converted to safetensors unchanged"
+    elif mode == "always":
+        decision = f"fuse mode 'always': every quantized linear fake-quantized ({sized}); {because}"
+    elif status == "ternary":
+        decision = "fuse mode 'auto': introspection found the linears already ternary, so only the format is converted"
+    elif evidence:
+        decision = (
+            f"fuse mode 'auto': {because}; introspection found the linears {status}, so latent linears are "
+            f"fake-quantized ({sized})"
+        )
+    else:
+        decision = (
+            f"fuse mode 'auto': {NO_EVIDENCE.replace(' (', ': not fused (', 1)}; the linears are {status} and are "
+            "converted unchanged"
+        )
+    if fusing:
+        expected, reason = True, f"{'every' if mode == 'always' else 'every latent'} linear was fake-quantized"
+    elif status == "ternary":
+        expected, reason = True, "introspection found the linears already ternary"
+    elif not applicable:
+        expected, reason = False, "no quantized projection in the checkpoint"
+    elif mode == "never":
+        expected, reason = False, f"fuse mode 'never': the {status} linears were left as they are"
+    else:
+        expected, reason = False, f"not fused: {NO_EVIDENCE}, so the {status} linears need not be ternary"
+    return FusionPlan(mode, fusing, evidence, size, source, detail, decision, expected, reason)
+
+
+def decision(mode: str, introspection: dict, group_size: int | None = None) -> str:
+    """Why fusion does what it does, in one sentence for fuse.json and the report."""
+    return plan_fusion(mode, group_size, introspection).decision
+
+
+def _output_code_files(download_dir: Path, config: dict) -> list[str]:
+    """The checkpoint's own model/config modules that nothing loads from the output (its config.json no longer
+    names them in auto_map: a fold, or a ternary QAT forward replaced by the fused plain model)."""
+    original = read_config(download_dir) or {}
+    return sorted(model_code_files(original) - model_code_files(config))
 
 
 def fuse(
@@ -356,17 +466,28 @@ def fuse(
     target: str | Path,
     *,
     mode: str = "auto",
-    group_size: int = 128,
+    group_size: int | None = None,
     max_shard_size: int = 2 * 10**9,
     dtype: str = "keep",
     minicpm: str = "auto",
+    trust_remote_code: bool = False,
 ) -> dict:
     """Write the fused model directory ``target`` (atomically) and return its fuse.json document.
 
-    ``minicpm`` (auto | fold | never): fold MiniCPM's scales into the weights (npuport.weights.minicpm)."""
-    download_dir, target = Path(download_dir), Path(target)
+    ``group_size`` None: from the QAT evidence, else DEFAULT_GROUP_SIZE (a configured value contradicting the
+    evidence is an error). ``minicpm`` (auto | fold | never): fold MiniCPM's scales into the weights
+    (npuport.weights.minicpm). ``trust_remote_code``: run the checkpoint's own QAT forward (its auto_map modeling
+    code) and the fused model on the same tokens and record whether the logits agree (fuse.json:
+    qat_forward_check); without it that check is recorded as not run.
+
+    A plain model (no ternary QAT evidence) under mode auto comes out with every tensor value-identical (byte for
+    byte when the dtype is kept) and decision "... not fused ..."."""
+    download_dir, target, repaired = Path(download_dir), Path(target), config
+    fusion = plan_fusion(mode, group_size, introspection)
     with Checkpoint.open(download_dir) as checkpoint, atomic_dir(target) as staging, _disk_full_is_user_error(target):
-        check_group_size(checkpoint, mode=mode, group_size=group_size, introspection=introspection)
+        check_group_size(
+            checkpoint, mode=mode, group_size=fusion.group_size, introspection=introspection, fusing=fusion.fusing
+        )
         needed = sum(t.nbytes for t in checkpoint.tensors.values())
         # --- MiniCPM hook (npuport.weights.minicpm): scales folded per tensor; a tied head is derived from the
         # embedding as it streams past, so the untie costs one extra tensor, never the whole model.
@@ -374,28 +495,45 @@ def fuse(
         if plan is not None and plan.tied:
             needed += checkpoint.tensors[plan.embed].nbytes
         check_free_space(target, needed)
-        # the folded config has no auto_map, so MiniCPM's configuration_/modeling_ modules would be dead files
-        left_out = sorted(model_code_files(config)) if plan is not None else []
         config = llama_config(config) if plan is not None else config
+        # --- end MiniCPM hook
+        # The fused model is plain: no ternary QAT declaration, no auto_map to the QAT forward (repair_config has
+        # dropped them already; again here for a caller that fuses an unrepaired config).
+        config, _ = plain_config(config, qat_of(introspection))
+        # the output's config no longer loads them (fold, or QAT forward replaced): dead files, left out
+        left_out = _output_code_files(download_dir, config)
         # The tokenizer was checked against this config by repair_config (npuport.weights.tokenizer_check), before fuse.
         write_json(staging / "config.json", config)
         side_files = copy_side_files(download_dir, staging, set(left_out))
         records, index, byte_copied = _write_weights(
-            checkpoint, staging, plan=plan, mode=mode, group_size=group_size, dtype=dtype, max_shard_size=max_shard_size
-        )
-        # --- end MiniCPM hook
+            checkpoint, staging, plan=plan, mode=mode, group_size=fusion.group_size, dtype=dtype,
+            max_shard_size=max_shard_size, evidence=fusion.evidence,
+        )  # fmt: skip
         linears = [r for r in records if "ternary" in r]
+        quantized = sum(r["action"] == "quantized" for r in records)
+        qat_check = qat_forward_check(
+            download_dir, introspection, staging, repaired,
+            quantized=quantized, dtype=_linear_dtype(records), trust_remote_code=trust_remote_code,
+            fused_trust_remote_code=trust_remote_code and "auto_map" in config,
+        )  # fmt: skip
         document = {
             "mode": mode,
-            "group_size": group_size,
+            "fused": fusion.fusing,
+            "group_size": fusion.group_size,
+            "group_size_source": fusion.group_size_source,
+            "group_size_detail": fusion.group_size_detail,
             "max_shard_size": max_shard_size,
-            "decision": decision(mode, introspection),
+            "decision": fusion.decision,
+            "qat_evidence": {k: v for k, v in qat_of(introspection).items() if k != "looked_at"},
+            "ternary_expected": fusion.ternary_expected,
+            "ternary_expected_reason": fusion.ternary_expected_reason,
             "source_format": checkpoint.format,
-            "tensors_quantized": sum(r["action"] == "quantized" for r in records),
+            "tensors_quantized": quantized,
             "tensors_byte_copied": byte_copied,
             "linears_checked": len(linears),
             "linears_ternary": sum(r["ternary"] for r in linears),
             "all_linears_ternary": all(r["ternary"] for r in linears) if linears else None,
+            "qat_forward_check": qat_check,
             "total_bytes": index["metadata"]["total_size"],
             "shards": sorted(set(index["weight_map"].values())),
             "side_files": side_files,
@@ -406,3 +544,8 @@ def fuse(
         }
         write_json(staging / "fuse.json", document)
     return document
+
+
+def _linear_dtype(records: list[dict]) -> str | None:
+    """The dtype the quantized linears were written in (the dtype the QAT forward check computes in)."""
+    return next((r["dtype"] for r in records if "ternary" in r), None)

@@ -21,8 +21,14 @@ from npuport.core.errors import NpuportError
 from npuport.core.paths import regular_file
 from npuport.weights.checkpoint import Checkpoint, TensorInfo
 from npuport.weights.minicpm import detect_family
+from npuport.weights.qat_evidence import find_evidence
 from npuport.weights.ternary import detect_group_size, divisors, is_quantized_linear
 
+QAT_SOURCE = (
+    "quantizer modules among the tensor names; the auto_map modeling code read as text (ast, never run) for a "
+    "function that rounds and clips to [-1, 1]; config.json quantization_config quant_method ternary|bitcpm, or a "
+    "top-level ternary / ternary_qat / bitnet key"
+)
 DERIVED_FIELDS = (
     "hidden_size",
     "num_hidden_layers",
@@ -85,6 +91,9 @@ def introspect_checkpoint(directory: str | Path, sample_rows: int = 8, seed: int
             f"{sample_rows} seeded rows (seed {seed}) of each quantized projection, largest group size under which "
             "every sampled group is {-a, 0, +a}; the fuse stage checks every value"
         )
+        # Positive evidence that this is a ternary QAT checkpoint (npuport.weights.qat_evidence): fuse.mode auto
+        # fake-quantizes latent linears only with it.
+        arch.set("qat", find_evidence(directory, config, ckpt.tensors), QAT_SOURCE)
         # --- MiniCPM hook (npuport.weights.minicpm): "llama" or "minicpm", with the scales a fold would use
         family = detect_family(config, ckpt.tensors)
         problems = f"; cannot be folded: {'; '.join(family['problems'])}" if family["problems"] else ""
@@ -92,7 +101,7 @@ def introspect_checkpoint(directory: str | Path, sample_rows: int = 8, seed: int
         arch.set("family_scales", family["scales"], "config.json scale_emb, scale_depth, dim_model_base")
         checkpoint = {"format": ckpt.format, "files": list(ckpt.files)}
     declared = {field: _declared(config, field) for field in DERIVED_FIELDS}
-    order = [*DERIVED_FIELDS, "parameter_count", "total_bytes", "tensor_count", "quantizer_modules", "ternary"]
+    order = [*DERIVED_FIELDS, "parameter_count", "total_bytes", "tensor_count", "quantizer_modules", "ternary", "qat"]
     order += ["family", "family_scales"]  # MiniCPM hook
     derived = {field: arch.derived[field] for field in order}
     document = {

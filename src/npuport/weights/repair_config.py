@@ -12,6 +12,7 @@ from npuport.core.errors import NpuportError
 from npuport.core.paths import SKIP_DIRS, contained, regular_file, source_files
 from npuport.download.manifest import MANIFEST_NAME
 from npuport.weights.introspect import DERIVED_FIELDS, read_config
+from npuport.weights.qat_evidence import declaration_keys, qat_code_files, qat_of
 
 # Config fields that introspection derives from tensor shapes (its dtype is reported, not repaired).
 DERIVABLE_FIELDS = tuple(field for field in DERIVED_FIELDS if field != "dtype")
@@ -44,6 +45,36 @@ def repaired_config(declared_config: dict, table: list[dict]) -> dict:
         if row["status"] == "repaired":
             config[row["field"]] = row["derived"]
     return config
+
+
+def plain_config(config: dict, qat: dict) -> tuple[dict, list[dict]]:
+    """The config of the plain model the pipeline serves, and what was removed or changed to get it (repair.json:
+    removed). Ternary QAT declarations that were evidence (npuport.weights.qat_evidence) go: the served weights are
+    plain (fused, or left as they are). For a Llama checkpoint whose auto_map code is its ternary QAT forward, auto_map
+    goes too (its AutoTokenizer entry stays) and the architecture is LlamaForCausalLM: the fused model is a stock
+    Llama and needs no remote code. Other auto_map code (MiniCPM) stays; the MiniCPM fold drops it in fuse."""
+    plain, removed = copy.deepcopy(config), []
+    for key in declaration_keys(qat):
+        if key in plain:
+            reason = "ternary QAT declaration: the served model is plain"
+            removed.append({"key": key, "value": plain.pop(key), "reason": reason})
+    code = sorted(set(qat_code_files(qat)))
+    auto_map = plain.get("auto_map")
+    if code and isinstance(auto_map, dict) and plain.get("model_type") == "llama":
+        tokenizer = {k: v for k, v in auto_map.items() if k == "AutoTokenizer"}
+        if tokenizer != auto_map:
+            reason = f"loads the ternary QAT forward ({', '.join(code)}); the fused model is a stock LlamaForCausalLM"
+            value = {k: v for k, v in auto_map.items() if k != "AutoTokenizer"}
+            removed.append({"key": "auto_map", "value": value, "reason": reason})
+            if tokenizer:
+                plain["auto_map"] = tokenizer
+            else:
+                del plain["auto_map"]
+        if plain.get("architectures") and plain["architectures"] != ["LlamaForCausalLM"]:
+            reason = "the QAT model class is replaced by the stock LlamaForCausalLM"
+            removed.append({"key": "architectures", "value": plain.get("architectures"), "reason": reason})
+            plain["architectures"] = ["LlamaForCausalLM"]
+    return plain, removed
 
 
 @contextlib.contextmanager
@@ -91,7 +122,7 @@ def repair(declared_config_path: str | Path, introspection: dict, trust_remote_c
     if declared is None:
         raise NpuportError(path, "checkpoint has no config.json: model type and rope settings cannot be derived")
     table = field_table(declared, introspection["derived"])
-    config = repaired_config(declared, table)
+    config, removed = plain_config(repaired_config(declared, table), qat_of(introspection))
     has_remote_code = "auto_map" in config
     if has_remote_code and not trust_remote_code:
         loaded_as = "not checked (config asks for custom code; trust_remote_code is false)"
@@ -101,6 +132,7 @@ def repair(declared_config_path: str | Path, introspection: dict, trust_remote_c
         "fields": table,
         "repaired": [r["field"] for r in table if r["status"] == "repaired"],
         "not_derivable": [r["field"] for r in table if r["status"] == "not derivable"],
+        "removed": removed,
         "ambiguities": introspection.get("ambiguities", []),
         "transformers_config_class": loaded_as,
     }

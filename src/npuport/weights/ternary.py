@@ -3,6 +3,10 @@
 Per group g of a linear weight (contiguous runs of ``group_size`` input features in each
 output row): s = max(mean|W_g|, eps), W_q = clamp(round(W_g / s), -1, 1) * s.
 Training uses it with a straight-through estimator; fusion applies the same function once.
+
+This is BitNet b1.58's absmean RoundClip (Ma et al. 2024, arXiv:2402.17764, eqs. 1-3; the scale floored at eps as
+in its released training code) over groups of input channels, 128 for BitCPM-CANN. ``torch.round`` rounds half to
+even: W_g / s = +-0.5 gives 0. tests/test_ternary.py pins it to hand-computed vectors.
 """
 
 from __future__ import annotations
