@@ -118,7 +118,16 @@ def embedded_runs(default_run, tmp_path_factory):
 def random_model_run(tmp_path_factory):
     from model_factory import write_plain_checkpoint
 
-    model = write_plain_checkpoint(tmp_path_factory.mktemp("random") / "model")
+    from npuport.core.atomic import read_json
+    from npuport.weights.fuse import fuse
+    from npuport.weights.introspect import introspect_checkpoint
+
+    work = tmp_path_factory.mktemp("random")
+    source = write_plain_checkpoint(work / "source")
+    # a plain model goes through `fuse.mode: auto` untouched (no ternary QAT evidence), then both engines run it
+    record = fuse(source, read_json(source / "config.json"), introspect_checkpoint(source), work / "model")
+    assert record["fused"] is False and "no sign of ternary QAT: not fused" in record["decision"], record["decision"]
+    model = work / "model"
     document = _judge(model, tmp_path_factory.mktemp("random-capture"), {"correct": None})["correct"]
     gates = {c["threshold"]: (c["value"], c.get("floor")) for c in document["checks"] if c.get("kind") == "floor"}
     print(json.dumps({"random model": _summary(document), "gates (engine, floor)": gates}, indent=1))
