@@ -46,11 +46,12 @@ def rope_switch(config: Mapping[str, Any], max_model_len: int) -> RopeSwitch:
 
 
 def segment_length(segment_tokens: int, max_model_len: int, switch: RopeSwitch) -> int:
-    """Tokens per segment: the configured length, stretched to cross the switch point, capped by the engine."""
+    """Tokens per segment: the configured length, stretched to cross the switch point, capped by the engine
+    (one position short of max_model_len: the capture request generates one token)."""
     length = segment_tokens
     if switch.position is not None:
         length = max(length, switch.position + MIN_AFTER_SWITCH)
-    return min(length, max_model_len)
+    return min(length, max_model_len - 1)  # each segment is a request that also generates one token
 
 
 def plan_segments(token_ids: list[int], *, length: int, bos: int | None, max_tokens: int) -> list[list[int]]:
