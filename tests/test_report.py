@@ -46,7 +46,7 @@ REPORT_PACKAGE = Path(__file__).resolve().parents[1] / "src" / "npuport" / "repo
 BASE = DATA / "artifacts" / "tiny-bitcpm"
 MODEL = "tiny-bitcpm"
 # The stages whose benchmark files and outputs the report_model rule declares, in pipeline order.
-STAGES = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare")
+STAGES = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare", "layers")
 NPU_SMI = DATA / "npu-smi" / "910b3-8npu-vllm-ascend-3024.txt"
 NASTY = (
     "| a | b |\n# heading\n<script>alert(1)</script> *bold* _it_ `tick` ```fence``` [x](javascript:y) "
@@ -86,6 +86,7 @@ def declared_inputs(directory: Path) -> dict:
         "smoke.json",
         "baseline.json",
         "compare.json",
+        "layers.json",
     )
     declared = {name.removesuffix(".json"): str(directory / name) for name in files}
     return declared | {"benchmarks": [str(directory / "benchmarks" / f"{stage}.tsv") for stage in STAGES]}
@@ -374,7 +375,7 @@ def test_pipeline_cost_table_equals_the_benchmark_files(real):
 def test_conclusion_rows_follow_the_artifacts(real):
     directory, report = real
     smoke, compare = load(directory, "smoke.json"), load(directory, "compare.json")
-    kept = ("config", "fusion", "engine", "npu", "gpu", "serve", "baseline", "tokens")
+    kept = ("config", "fusion", "qat_forward", "engine", "npu", "gpu", "serve", "baseline", "tokens", "layers")
     assert set(conclusion(report)) == {check_label("en", c) for c in kept + GATE_NAMES}
     assert row_status(report, "engine") == (PASSED if smoke["status"] == "ok" else FAILED)
     on_npu = smoke["platform"]["name"] == "npu"
@@ -396,7 +397,12 @@ def test_conclusion_rows_follow_the_artifacts(real):
 def test_plots_are_pngs_linked_relative_to_the_report(real):
     directory, report = real
     images = [c for tok in report.tokens for c in tok.children or [] if c.type == "image"]
-    assert sorted(i.attrs["src"] for i in images) == ["plots/kld_cdf.png", "plots/logprob_diff.png", "plots/speed.png"]
+    assert sorted(i.attrs["src"] for i in images) == [
+        "plots/kld_cdf.png",
+        "plots/layers_rel_l2.png",
+        "plots/logprob_diff.png",
+        "plots/speed.png",
+    ]
     for image in images:
         assert (directory / image.attrs["src"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -448,7 +454,8 @@ def test_report_reads_and_names_only_the_paths_it_is_given(tmp_path, monkeypatch
     files = {str(p) for p in ReportInputs.from_mapping(declared_inputs(directory)).artifact_files().values()}
     assert {r[label("en", "col.artifact")] for r in report.table_with(11, label("en", "col.artifact"))} == files
     stages = [r[label("en", "col.stage")] for r in report.table_with(10, label("en", "col.stage"))]
-    assert stages[:-1] == list(STAGES) and "undeclared" not in markdown
+    recorded = [stage for stage in STAGES if (directory / "benchmarks" / f"{stage}.tsv").is_file()]
+    assert stages[:-1] == recorded and "undeclared" not in markdown
     # no relative results/<model> path anywhere (the recorded smoke.json holds an absolute one: artifact text)
     assert re.findall(rf"(?<![\w/.-])results/{MODEL}", markdown) == [] and f"`{directory}/`" in markdown
     verification = [body for section, body in report.fences if section.startswith("8. ")]
@@ -831,6 +838,7 @@ def test_markdown_metacharacters_in_artifacts_stay_text(tmp_path):
         "plots/speed.png",
         "plots/logprob_diff.png",
         "plots/kld_cdf.png",
+        "plots/layers_rel_l2.png",
     ]
     assert len(report.h1) == 1 and "heading" not in report.h2 + report.h3
     outputs = report.table_with(4, label("en", "col.output"))
@@ -869,6 +877,149 @@ def test_missing_artifacts_render_as_not_measured(tmp_path):
     assert len([h for h in report.h2 if re.match(r"\d+\. ", h)]) == 11
     assert set(conclusion(report).values()) == {f"⚠ {label('en', 'status.not_measured')}"}
     assert load(directory, "report.json")["status"] == NOT_MEASURED
+
+
+# -- layer-by-layer comparison and fusion on evidence -------------------------------------------------------------
+
+
+def layers_table(report: Report, language: str = "en") -> list[dict[str, str]]:
+    return report.table_with(5, label(language, "col.engine_rel_l2"))
+
+
+def test_layers_table_and_plot_equal_the_artifact(real):
+    directory, report = real
+    layers = load(directory, "layers.json")
+    rows = layers_table(report)
+    assert [r[label("en", "col.point")] for r in rows] == [p["point"] for p in layers["points"]]
+    assert len(rows) == 15
+    for row, point in zip(rows, layers["points"], strict=True):
+        if point["engine"]["rel_l2"]:
+            assert close(number(row[label("en", "col.engine_rel_l2")]), point["engine"]["rel_l2"], 4)
+            assert close(number(row[label("en", "col.floor_rel_l2")]), point["floor"]["rel_l2"], 4)
+        assert row[label("en", "col.passed")] == ("✅" if point["passed"] else "❌")
+    assert (directory / "plots" / "layers_rel_l2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert row_status(report, "layers") == PASSED
+    assert layers["summary"]["point"] in row_detail(report, "layers")
+
+
+def diverging(directory: Path, point: str = "layers.1.mlp") -> dict:
+    """layers.json with the engine 10 times the floor from ``point`` on (a scale bug in that module)."""
+    layers = load(directory, "layers.json")
+    points = layers["points"]
+    start = next(i for i, p in enumerate(points) if p["point"] == point)
+    for p in points[start:]:
+        p["engine"]["rel_l2"] = 10 * p["floor"]["rel_l2"]
+        p["ratio_rel_l2"], p["passed"] = 10.0, False
+    bad = points[start]
+    evidence = f"{bad['module']}: relative L2 error 10x the floor; the point before it, {points[start - 1]['module']}"
+    layers |= {"status": "failed", "reason": f"diverges first at {bad['module']}"}
+    layers["first_divergent"] = {
+        "point": point,
+        "module": bad["module"],
+        "layer": bad["layer"],
+        "kind": bad["kind"],
+        "ratio": 10.0,
+        "previous": points[start - 1]["point"],
+        "evidence": evidence,
+    }
+    save(directory, "layers.json", layers)
+    return layers
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_first_divergent_layer_is_an_issue_with_its_fix_and_a_failed_row(tmp_path, language):
+    directory = artifact_set(tmp_path)
+    layers = diverging(directory)
+    markdown, report = render(directory, language)
+    module = layers["first_divergent"]["module"]
+    issue = [h for h in report.h3 if module in h]
+    assert issue and "❌" in issue[0]
+    assert layers["first_divergent"]["evidence"] in report.html
+    assert label(language, "fix.layers.mlp") in markdown and "0.999985" in markdown
+    assert row_status(report, "layers", language) == FAILED
+    assert module in row_detail(report, "layers", language)
+    assert load(directory, "report.json")["status"] == FAILED
+    assert [r[label(language, "col.passed")] for r in layers_table(report, language)].count("❌") == 10
+
+
+@pytest.mark.parametrize("kind", ["embed", "attention", "layer", "norm", "logits"])
+def test_layer_fix_hint_follows_the_kind(tmp_path, kind):
+    directory = artifact_set(tmp_path)
+    point = {"embed": "layers.0.self_attn", "attention": "layers.2.self_attn", "layer": "layers.3"}.get(kind, kind)
+    layers = diverging(directory, point)
+    layers["first_divergent"]["kind"] = kind
+    save(directory, "layers.json", layers)
+    markdown, _ = render(directory)
+    assert label("en", f"fix.layers.{kind}") in markdown
+
+
+def test_layers_missing_or_not_measured_renders_not_measured(tmp_path):
+    directory = artifact_set(tmp_path)
+    (directory / "layers.json").unlink()
+    _, report = render(directory)
+    assert row_status(report, "layers") == NOT_MEASURED
+    assert "layers.json" in row_detail(report, "layers")
+    assert "layers_rel_l2.png" not in report.markdown
+    reason = "smoke did not run: status not run"
+    layers = load(BASE, "layers.json") | {"status": "not measured", "reason": reason, "points": [], "summary": None}
+    save(directory, "layers.json", layers)
+    markdown, report = render(directory)
+    assert row_status(report, "layers") == NOT_MEASURED and row_detail(report, "layers") == reason
+    assert f"⚠ {label('en', 'status.not_measured')} — {reason}" in markdown
+
+
+def test_qat_evidence_and_group_size_source_are_shown(real):
+    directory, report = real
+    qat = load(directory, "introspect.json")["derived"]["qat"]
+    fuse = load(directory, "model/fuse.json")
+    weights = {r[label("en", "col.property")]: r[label("en", "col.value")] for r in report.table_with(1, "Property")}
+    weights |= {
+        r[label("en", "col.property")]: r[label("en", "col.value")]
+        for rows in report.section_tables(1)
+        if rows[0][0] == label("en", "col.property")
+        for r in [dict(zip(rows[0], x, strict=True)) for x in rows[1:]]
+    }
+    assert qat["summary"] in weights[label("en", "weights.qat")]
+    fusion = {r[label("en", "col.item")]: r[label("en", "col.value")] for r in report.table_with(3, "Item")}
+    assert qat["summary"] in fusion[label("en", "fuse.qat_evidence")]
+    shown = fusion[label("en", "fuse.group_size")]
+    assert str(fuse["group_size"]) in shown and fuse["group_size_source"] in shown
+    assert fuse["group_size_detail"] in shown
+
+
+def test_not_fused_shows_why_and_removed_keys(tmp_path):
+    directory = artifact_set(tmp_path)
+    fuse = load(directory, "model/fuse.json")
+    reason = "no sign of ternary QAT (no quantizer tensors)"
+    fuse |= {"fused": False, "ternary_expected": False, "ternary_expected_reason": reason}
+    save(directory, "model/fuse.json", fuse)
+    repair = load(directory, "repair.json")
+    repair["removed"] = [{"key": "quantization_config", "value": {"quant_method": "bitnet"}, "reason": "not ternary"}]
+    save(directory, "repair.json", repair)
+    markdown, report = render(directory)
+    fusion = {r[label("en", "col.item")]: r[label("en", "col.value")] for r in report.table_with(3, "Item")}
+    assert fusion[label("en", "fuse.ternary_expected")] == reason
+    assert label("en", "s3.removed_intro").replace("`", "") in markdown.replace("\\", "")
+    assert "quantization_config" in markdown and "not ternary" in markdown
+
+
+@pytest.mark.parametrize("status", [PASSED, FAILED, "not run"])
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_qat_forward_check_row_follows_its_status(tmp_path, status, language):
+    directory = artifact_set(tmp_path)
+    fuse = load(directory, "model/fuse.json")
+    check = {"status": status, "reason": f"reason of {status}", "tokens": 16}
+    if status != "not run":
+        check |= {"max_abs_logit_diff": 0.00375, "tolerance": 0.05}
+    fuse["qat_forward_check"] = check
+    save(directory, "model/fuse.json", fuse)
+    _, report = render(directory, language)
+    assert row_status(report, "qat_forward", language) == (NOT_MEASURED if status == "not run" else status)
+    detail = row_detail(report, "qat_forward", language)
+    if status == "not run":
+        assert detail == "reason of not run"
+    else:
+        assert format_value(0.00375) in detail and format_value(0.05) in detail
 
 
 # -- parts ---------------------------------------------------------------------------------------------------------
@@ -997,6 +1148,7 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
     ]
     assert sorted(p.name for p in (workdir / "results" / MODEL / "plots").glob("*.png")) == [
         "kld_cdf.png",
+        "layers_rel_l2.png",
         "logprob_diff.png",
         "speed.png",
     ]

@@ -25,6 +25,10 @@ ARTIFACTS = {
     "capture": f"{RESULTS}/capture",
     "baseline": f"{RESULTS}/baseline.json",
     "compare": f"{RESULTS}/compare.json",
+    "layers": f"{RESULTS}/layers.json",
+    "dumps": f"{RESULTS}/dumps",
+    "bench": f"{RESULTS}/bench.json",
+    "bench_results": f"{RESULTS}/bench",
     "report": f"{RESULTS}/report.md",
     "plots": f"{RESULTS}/plots",
     "summary": f"{RESULTS}/report.json",
@@ -107,3 +111,26 @@ def installed_versions(*packages):
         except PackageNotFoundError:
             found[package] = "absent"
     return found
+
+
+# The stages whose artifacts and costs one model's report shows, in pipeline order.
+REPORTED_STAGES = [
+    "download",
+    "introspect",
+    "repair_config",
+    "fuse",
+    "env_probe",
+    "smoke",
+    "baseline",
+    "compare",
+    "layers",
+]
+
+
+def stage_targets(wildcards):
+    """Params function: (artifact, rule) per stage output, as the report's rerun commands name them."""
+    return [
+        (path.format(model=wildcards.model), stage)
+        for stage in REPORTED_STAGES
+        for path in getattr(rules, stage).output
+    ]

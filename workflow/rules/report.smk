@@ -1,25 +1,3 @@
-# The stages whose artifacts and costs one model's report shows, in pipeline order.
-REPORTED_STAGES = [
-    "download",
-    "introspect",
-    "repair_config",
-    "fuse",
-    "env_probe",
-    "smoke",
-    "baseline",
-    "compare",
-]
-
-
-def stage_targets(wildcards):
-    """Params function: (artifact, rule) per stage output, as the report's rerun commands name them."""
-    return [
-        (path.format(model=wildcards.model), stage)
-        for stage in REPORTED_STAGES
-        for path in getattr(rules, stage).output
-    ]
-
-
 rule report_model:
     input:
         download=rules.download.output[0],
@@ -31,6 +9,7 @@ rule report_model:
         smoke=rules.smoke.output.smoke,
         baseline=rules.baseline.output[0],
         compare=rules.compare.output[0],
+        layers=rules.layers.output.layers,
         benchmarks=[getattr(rules, stage).benchmark for stage in REPORTED_STAGES],
     output:
         report=report(

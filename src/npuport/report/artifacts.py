@@ -91,6 +91,7 @@ class Artifacts:
     smoke: Doc
     baseline: Doc
     compare: Doc
+    layers: Doc
 
     def raw(self) -> dict[str, dict | None]:
         """Artifact key -> its object as loaded, None where absent."""

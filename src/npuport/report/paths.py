@@ -42,6 +42,7 @@ class ReportInputs:
     smoke: Path
     baseline: Path
     compare: Path
+    layers: Path  # layers.json; its content may be "not measured" (the report says so)
     benchmarks: tuple[Path, ...] = ()
 
     @classmethod
@@ -75,6 +76,7 @@ class ReportInputs:
             "smoke": self.smoke,
             "baseline": self.baseline,
             "compare": self.compare,
+            "layers": self.layers,
         }
 
     def directory(self) -> str:

@@ -19,6 +19,7 @@ LOGPROB_DIFF = "logprob_diff.png"
 SPEED = "speed.png"
 KLD_CDF = "kld_cdf.png"
 KLD_BUCKETS = "kld_buckets.png"
+LAYERS_REL_L2 = "layers_rel_l2.png"
 SIDE_COLORS = {"engine": "tab:blue", "floor": "tab:orange"}
 _DPI = 110
 
@@ -176,6 +177,45 @@ def _scientific(value) -> str:
     return "not measured" if not isinstance(value, int | float) else f"{value:.3g}" if value >= 0.01 else f"{value:.2e}"
 
 
+def _positive_number(value) -> float | None:
+    return value if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
+
+
+def layers_plot(layers: dict, path: Path) -> Path | None:
+    """Relative L2 error per capture point in depth order (log y), engine and noise floor, with the gate's limit
+    (ratio x floor + epsilon) and the first point outside it marked (layers.json: points, gate, first_divergent)."""
+    points = [p for p in layers.get("points") or [] if isinstance(p, dict)]
+    if not points:
+        return None
+    xs = range(len(points))
+    figure, axes = plt.subplots(figsize=(max(7.5, 0.32 * len(points) + 3), 4.2))
+    for side, color in SIDE_COLORS.items():
+        ys = [_positive_number(dig(p, side, "rel_l2")) for p in points]
+        axes.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", markersize=3, color=color,
+                  linewidth=1.2, label=f"{side} rel L2")  # fmt: skip
+    limits = [_positive_number(p.get("limit_rel_l2")) for p in points]
+    gate = layers.get("gate") or {}
+    axes.plot(xs, [y if y is not None else float("nan") for y in limits], color="red", linestyle="--", linewidth=1,
+              label=f"gate: {gate.get('ratio', '?')} x floor + {gate.get('epsilon', '?')}")  # fmt: skip
+    divergent = layers.get("first_divergent")
+    names = [str(p.get("point")) for p in points]
+    if isinstance(divergent, dict) and divergent.get("point") in names:
+        index = names.index(divergent["point"])
+        value = _positive_number(dig(points[index], "engine", "rel_l2"))
+        axes.axvline(index, color="red", alpha=0.4, linewidth=6)
+        if value is not None:
+            axes.annotate(f"first divergent: {divergent['point']}", (index, value), xytext=(5, 8),
+                          textcoords="offset points", fontsize=8, color="red")  # fmt: skip
+    if any(_positive_number(dig(p, side, "rel_l2")) for p in points for side in SIDE_COLORS):
+        axes.set_yscale("log")
+    axes.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=7)
+    axes.set_ylabel("relative L2 error vs reference (log)")
+    axes.set_title("Layer-by-layer relative L2 error: engine vs noise floor", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8)
+    return _save(figure, path)
+
+
 def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
     """Draw every plot whose data was measured into ``plots_dir``; plot name -> file name."""
     drawn = {}
@@ -192,4 +232,6 @@ def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
             drawn["kld_cdf"] = KLD_CDF
         if kld_buckets_plot(evaluation, plots_dir / KLD_BUCKETS):
             drawn["kld_buckets"] = KLD_BUCKETS
+    if layers_plot(dict(artifacts.layers.data), plots_dir / LAYERS_REL_L2):
+        drawn["layers_rel_l2"] = LAYERS_REL_L2
     return drawn

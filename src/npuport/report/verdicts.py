@@ -80,6 +80,48 @@ def fusion_verdict(t: Translate, fuse) -> Verdict:
     return Verdict("fusion", PASSED if verdict else FAILED, detail, evidence)
 
 
+def qat_forward_verdict(t: Translate, fuse) -> Verdict:
+    """The fused model's logits against the checkpoint's own QAT forward (model/fuse.json: qat_forward_check).
+    Not run (no trust_remote_code, no bundled QAT code, nothing fused) leaves the overall status alone."""
+    evidence = "model/fuse.json: qat_forward_check"
+    if not isinstance(fuse, dict):
+        return Verdict("qat_forward", NOT_MEASURED, t("why.artifact_missing", artifact="model/fuse.json"), evidence)
+    check = fuse.get("qat_forward_check") if isinstance(fuse.get("qat_forward_check"), dict) else {}
+    status = check.get("status")
+    if status in (PASSED, FAILED):
+        detail = t(
+            "detail.qat_forward",
+            diff=format_value(check.get("max_abs_logit_diff")),
+            tolerance=format_value(check.get("tolerance")),
+            tokens=check.get("tokens", "?"),
+        )
+        return Verdict("qat_forward", status, join(detail, check.get("reason") if status == FAILED else None), evidence)
+    reason = check.get("reason") or t("why.no_values", names="qat_forward_check")
+    return Verdict("qat_forward", NOT_MEASURED, join(reason), evidence, optional=True)
+
+
+def layers_verdict(t: Translate, layers) -> Verdict:
+    """Every capture point of layers.json within its gate, or the first one outside it."""
+    evidence = "layers.json: status, summary, first_divergent"
+    if not isinstance(layers, dict):
+        return Verdict("layers", NOT_MEASURED, t("why.artifact_missing", artifact="layers.json"), evidence)
+    status, divergent = layers.get("status"), dig(layers, "first_divergent")
+    if status == FAILED or isinstance(divergent, dict):
+        where = dig(divergent, "module", default="?")
+        detail = t("detail.layers_failed", module=code(where), ratio=format_ratio(dig(divergent, "ratio")))
+        return Verdict("layers", FAILED, detail, evidence)
+    if status == PASSED:
+        points = [p for p in layers.get("points") or [] if isinstance(p, dict)]
+        detail = t(
+            "detail.layers_passed",
+            points=len(points),
+            ratio=format_ratio(dig(layers, "summary", "max_ratio_rel_l2")),
+            point=code(dig(layers, "summary", "point", default="?")),
+        )
+        return Verdict("layers", PASSED, detail, evidence)
+    return Verdict("layers", NOT_MEASURED, join(layers.get("reason") or t("word.no_reason")), evidence)
+
+
 def engine_verdict(t: Translate, smoke) -> Verdict:
     evidence = "smoke.json: status, platform.device"
     status = dig(smoke, "status")
@@ -272,6 +314,7 @@ def verdicts(t: Translate, artifacts: Artifacts) -> list[Verdict]:
     return [
         config_verdict(t, docs["repair"], smoke),
         fusion_verdict(t, docs["fuse"]),
+        qat_forward_verdict(t, docs["fuse"]),
         engine_verdict(t, smoke),
         accelerator_verdict(t, "npu", platform="npu", smoke=smoke, env=env),
         accelerator_verdict(t, "gpu", platform="cuda", smoke=smoke, env=env),
@@ -279,6 +322,7 @@ def verdicts(t: Translate, artifacts: Artifacts) -> list[Verdict]:
         baseline_verdict(t, docs["baseline"]),
         tokens_verdict(t, compare),
         *gate_verdicts(t, compare),
+        layers_verdict(t, docs["layers"]),
     ]
 
 

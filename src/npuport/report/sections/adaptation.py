@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from npuport.report.artifacts import Doc
 from npuport.report.context import ReportContext
-from npuport.report.formatting import mark
+from npuport.report.formatting import mark, status_cell
 from npuport.report.mdtext import Md, code, text
+from npuport.report.verdicts import NOT_MEASURED, join
 
 
 def adaptation(r: ReportContext) -> dict:
@@ -13,6 +14,10 @@ def adaptation(r: ReportContext) -> dict:
     return {
         "download": _download(r, manifest) if manifest else None,
         "repaired": _repaired(r, repair),
+        "removed": [
+            r.t("adapt.removed_key", name=code(x.get("key")), value=r.f.value(x.get("value")), reason=x.get("reason"))
+            for x in repair.records("removed")
+        ],
         "not_derivable": ", ".join(repair.get("not_derivable") or []),
         "config_class": repair.get("transformers_config_class"),
         "tokenizer": repair.get("tokenizer"),
@@ -65,16 +70,48 @@ def _fusion(r: ReportContext, fuse: Doc) -> Md:
     output = t("fuse.output_value", shards=len(fuse.get("shards") or []), size=f.bytes(fuse.get("total_bytes")))
     rows = [
         (t("fuse.mode"), f.value(fuse.get("mode")), "mode"),
-        (t("fuse.group_size"), f.value(fuse.get("group_size")), "group_size"),
+        (t("fuse.fused"), f.value(fuse.get("fused")), "fused"),
+        (t("fuse.qat_evidence"), qat_summary(r, fuse.part("qat_evidence")), "qat_evidence.summary, evidence"),
+        (t("fuse.group_size"), _group_size(r, fuse), "group_size, group_size_source, group_size_detail"),
         (t("fuse.quantized"), f.value(fuse.get("tensors_quantized")), "tensors_quantized"),
         (t("fuse.linears"), linears, "linears_ternary, linears_checked"),
         (t("fuse.all_ternary"), mark(fuse.get("all_linears_ternary")), "all_linears_ternary"),
         (t("fuse.output"), output, "shards, total_bytes"),
         (t("fuse.side_files"), ", ".join(fuse.get("side_files") or []) or t("word.none"), "side_files"),
     ]
+    if fuse.get("ternary_expected") is False:
+        reason = fuse.get("ternary_expected_reason") or f.missing
+        rows.append((t("fuse.ternary_expected"), reason, "ternary_expected, ternary_expected_reason"))
+    check = fuse.part("qat_forward_check")
+    if check:
+        status = check.get("status") if check.get("status") in ("passed", "failed") else NOT_MEASURED
+        shown = join(status_cell(t, status), check.get("reason"), sep=" — ")
+        rows.append((t("fuse.qat_forward"), shown, "qat_forward_check"))
     if fuse.get("side_files_left_out"):
         rows.append((t("fuse.side_files_left_out"), ", ".join(fuse["side_files_left_out"]), "side_files_left_out"))
     return r.facts([(a, b, f"model/fuse.json: {c}") for a, b, c in rows], "col.item")
+
+
+def qat_summary(r: ReportContext, qat: Doc) -> Md:
+    """The QAT evidence's summary and each piece's detail (introspect.json: derived.qat, model/fuse.json:
+    qat_evidence); "not measured" where the artifact holds none."""
+    if not qat:
+        return text(r.f.missing)
+    details = [e.get("detail") for e in qat.records("evidence") if e.get("detail")]
+    found = r.t("word.found") if qat.get("found") else r.t("word.none_found")
+    return join(Md(f"{found}: {text(qat.get('summary') or '-')}"), *details)
+
+
+def _group_size(r: ReportContext, fuse: Doc) -> Md:
+    source = fuse.get("group_size_source")
+    if source is None:
+        return text(r.f.value(fuse.get("group_size")))
+    return r.t(
+        "fuse.group_size_value",
+        size=r.f.value(fuse.get("group_size")),
+        source=source,
+        detail=fuse.get("group_size_detail") or "-",
+    )
 
 
 def commands(r: ReportContext) -> Md:

@@ -7,6 +7,7 @@ import re
 from npuport.report.artifacts import Doc
 from npuport.report.context import ReportContext
 from npuport.report.mdtext import Md, code, text
+from npuport.report.sections.adaptation import qat_summary
 
 FIELD_SYMBOLS = {"ok": "✅", "repaired": "❌", "not derivable": "⚠"}
 
@@ -130,6 +131,7 @@ def _weights(r: ReportContext, intro: Doc, derived: Doc) -> Md:
         (t("weights.bytes"), f.bytes(derived.get("total_bytes")), "introspect.json: derived.total_bytes"),
         (t("weights.dtype"), f.value(derived.get("dtype")), "introspect.json: derived.dtype"),
         (t("weights.quantizers"), quantizers, "introspect.json: derived.quantizer_modules"),
+        (t("weights.qat"), qat_summary(r, derived.part("qat")), "introspect.json: derived.qat"),
         (t("weights.ternary"), _ternary_status(r, ternary.get("status")), "introspect.json: derived.ternary.status"),
         (
             t("weights.group_size"),

@@ -25,6 +25,15 @@ def threshold_fix(r: ReportContext) -> Md:
     return r.t("fix.threshold")
 
 
+LAYER_KINDS = ("embed", "attention", "mlp", "layer", "norm", "logits")
+
+
+def layers_fix(r: ReportContext, kind: str) -> Md:
+    """Where to look for the first divergent point, by its kind; a pure scale bug only shows in relative L2."""
+    hint = r.t("fix.layers." + kind) if kind in LAYER_KINDS else r.t("fix.layers.other")
+    return Md(f"{hint} {r.t('fix.layers_scale')}")
+
+
 def diagnostic_fix(fix: object) -> Md:
     """A host diagnostic's own fix (env.json), as text."""
     return text(fix or "")

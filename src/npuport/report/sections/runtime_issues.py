@@ -35,7 +35,7 @@ class Issue:
 def issues(r: ReportContext) -> list[Issue]:
     """Host diagnostics (env.json) first, then what the pipeline's own stages found; each with its fix."""
     found = [_diagnostic(r, d) for d in r.docs.env.records("diagnostics")]
-    return found + _config_issues(r) + _stage_issues(r) + _threshold_issues(r)
+    return found + _config_issues(r) + _stage_issues(r) + _threshold_issues(r) + _layer_issues(r)
 
 
 def _diagnostic(r: ReportContext, d: Doc) -> Issue:
@@ -119,3 +119,20 @@ def _threshold_issues(r: ReportContext) -> list[Issue]:
             )
             found.append(issue)
     return found
+
+
+def _layer_issues(r: ReportContext) -> list[Issue]:
+    """The first capture point outside its gate (layers.json: first_divergent), with a hint by its kind."""
+    divergent = r.docs.layers.part("first_divergent")
+    if not divergent:
+        return []
+    issue = Issue.found(
+        r,
+        id=f"layers_diverge_{divergent.get('point', '?')}",
+        severity="error",
+        summary=r.t("issue.layers", module=code(divergent.get("module", "?"))),
+        evidence=[divergent.get("evidence") or "-"],
+        fix=fixes.layers_fix(r, str(divergent.get("kind"))),
+        source="layers.json: first_divergent",
+    )
+    return [issue]
