@@ -27,6 +27,7 @@ include: "workflow/rules/env_probe.smk"
 include: "workflow/rules/smoke.smk"
 include: "workflow/rules/baseline.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/layers.smk"
 include: "workflow/rules/report.smk"
 
 

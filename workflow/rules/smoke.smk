@@ -21,6 +21,7 @@ rule smoke:
         generation=config["generation"],
         serve=config["serve"],
         evaluation=config["evaluation"],
+        layers_eval_tokens=config["layers"]["eval_tokens"],
         trust_remote_code=model_field("trust_remote_code", False),
         code=script_code("smoke"),
     script:

@@ -1,5 +1,6 @@
 from pathlib import Path
 
+from npuport.compare.layer_plan import LayersSettings
 from npuport.core.atomic import write_json
 from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings, ServeSettings
 from npuport.core.stage import run_stage
@@ -16,6 +17,8 @@ def main(smk):
         evaluation=EvaluationSettings.from_config(smk.params.evaluation),
         evaluation_text=Path(smk.input.evaluation_text).read_text(encoding="utf-8"),
         capture_dir=smk.output.capture,
+        # only the capture's size reaches the engine stage: the layers gate reruns the layers stage alone
+        layers=LayersSettings.from_config({"eval_tokens": smk.params.layers_eval_tokens}),
     )
     write_json(smk.output.smoke, doc)
 

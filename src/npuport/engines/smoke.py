@@ -1,5 +1,6 @@
 """The `smoke` stage: the real vLLM engine (``VllmRunner``) on whatever platform vLLM picks, greedy
-generation, timings, KV cache capacity, then the `vllm serve` check.
+generation, timings, the engine's own logits and hidden states captured (for `compare` and `layers`), KV cache
+capacity, then the `vllm serve` check.
 
 smoke.json has every key of ``records.document`` whatever happened: an engine that is missing or fails
 is recorded as status "not run" / "failed", never raised.
@@ -8,12 +9,14 @@ is recorded as status "not run" / "failed", never raised.
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from npuport.compare.layer_plan import LAYER_FILE, LayerSequence, LayersSettings, layer_sequences
 from npuport.core.atomic import atomic_dir, read_json
 from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings, ServeSettings
 from npuport.engines.evaluation import plan_segments, rope_switch, segment_length
@@ -39,6 +42,16 @@ from npuport.engines.vllm_runner import VllmRunner
 log = logging.getLogger(__name__)
 
 WARMUP_NOTE = "first request after engine start, carries one-time warm-up; not in throughput"
+LAYER_CAPTURE_METHOD = (
+    "forward hooks registered through LLM.apply_model in the engine's workers, one teacher-forced request per "
+    "sequence (prefix cache reset): outputs of model.embed_tokens, each model.layers.N.self_attn (o_proj) and "
+    ".mlp, each decoder layer (its hidden + residual: the residual stream after it), model.norm, and the model's "
+    "compute_logits on the norm's output, at every position, in the engine's dtype"
+)
+NOT_EAGER = (
+    "engine.enforce_eager is false: forward hooks do not fire inside captured graphs, and the default run starts "
+    "no second engine; set engine.enforce_eager: true for the layer comparison"
+)
 
 
 @dataclass(frozen=True)
@@ -67,10 +80,12 @@ def run_smoke(
     evaluation: EvaluationSettings | None = None,
     evaluation_text: str | None = None,
     capture_dir: str | Path | None = None,
+    layers: LayersSettings | None = None,
 ) -> dict[str, Any]:
     """Run the engine under test on ``model_dir`` and return the smoke.json document. With ``evaluation_text``
     and ``capture_dir``, the engine's logits at every position of the text's segments are captured there
-    (npuport.engines.evaluation), for compare's full-distribution statistics."""
+    (npuport.engines.evaluation), for compare's full-distribution statistics; with ``capture_dir``, also its
+    hidden states at every layer capture point (``layers``, None: the schema's defaults), for the `layers` stage."""
     model_dir = Path(model_dir).resolve()
     base = {
         "settings": {"engine": engine.as_dict(), "generation": generation.as_dict(), "serve": serve.as_dict(),
@@ -92,7 +107,8 @@ def run_smoke(
 
     with captured_output() as log_file:
         run = offline_run(model_dir, prompts, log_file, engine=engine, generation=generation, stop_ids=stop.ids,
-                          trust_remote_code=trust_remote_code, evaluation=plan, capture_dir=capture_dir)  # fmt: skip
+                          trust_remote_code=trust_remote_code, evaluation=plan, capture_dir=capture_dir,
+                          layers=layers or LayersSettings.from_config({}))  # fmt: skip
         log_tail = tail_lines(log_file)
     if run.reason:
         log.warning("smoke: %s: %s", run.status, run.reason)
@@ -117,6 +133,7 @@ def offline_run(
     trust_remote_code: bool,
     evaluation: dict[str, Any] | None = None,
     capture_dir: str | Path | None = None,
+    layers: LayersSettings | None = None,
 ) -> OfflineRun:
     """Start the offline engine, measure everything, shut it down. ``log_file`` holds what the engine
     printed so far (its KV cache lines)."""
@@ -134,8 +151,9 @@ def offline_run(
             records = measured.records
             fields.update(warmup=measured.warmup, prompts=[r.as_dict() for r in records],
                           throughput={"single": measured.single, "batch": batch})  # fmt: skip
-            if evaluation is not None:
-                fields["evaluation"] = capture_evaluation(runner, evaluation, capture_dir)
+            fields.update(
+                capture_engine(runner, records, evaluation=evaluation, layers=layers, capture_dir=capture_dir)
+            )
             fields["kv_cache"] = runner.kv_cache(log_file.read_text(encoding="utf-8", errors="replace"))
     except Exception as exc:  # an engine that does not start or fails to generate is the stage's finding
         log.exception("vLLM failed")
@@ -169,6 +187,63 @@ def capture_evaluation(runner: VllmRunner, plan: dict[str, Any], capture_dir: st
         captured = runner.capture(plan["segments"], staging)
     log.info("captured the engine's logits on %d evaluation segments", len(plan["segments"]))
     return plan | {"capture": captured}
+
+
+def capture_engine(
+    runner: VllmRunner,
+    records: Sequence[PromptRecord],
+    *,
+    evaluation: dict[str, Any] | None,
+    layers: LayersSettings | None,
+    capture_dir: str | Path | None,
+) -> dict[str, Any]:
+    """smoke.json's "evaluation" and "layers" fields: the engine's logits on the evaluation segments, and its hidden
+    states at every layer capture point on the prompts (with the engine's outputs) and on the first
+    ``layers.eval_tokens`` tokens of the evaluation text; both written to ``capture_dir`` and published together."""
+    fields: dict[str, Any] = {}
+    if evaluation is not None and capture_dir is None:
+        fields["evaluation"] = capture_evaluation(runner, evaluation, None)
+    if capture_dir is None:
+        if layers is not None:
+            fields["layers"] = {"status": "not run", "mode": None, "reason": "no capture directory given"}
+        return fields
+    with atomic_dir(capture_dir) as staging:
+        if evaluation is not None:
+            fields["evaluation"] = evaluation | {"capture": runner.capture(evaluation["segments"], staging)}
+            log.info("captured the engine's logits on %d evaluation segments", len(evaluation["segments"]))
+        if layers is not None:
+            segments = (evaluation or {}).get("segments")
+            sequences = layer_sequences([r.as_dict() for r in records], segments, layers.eval_tokens)
+            fields["layers"] = capture_layers(runner, sequences, staging)
+    return fields
+
+
+def capture_layers(runner: VllmRunner, sequences: Sequence[LayerSequence], directory: Path) -> dict[str, Any]:
+    """The engine's hidden states after the embedding, every decoder layer and its attention and MLP, the final norm,
+    and its logits (npuport.engines.capture, points "all"), teacher-forced on each of ``sequences``, as
+    ``directory/layers-NNN.safetensors``; or why not. Only an eager engine is hooked: hooks do not fire inside
+    captured graphs. A failed capture is recorded, not raised: the generation results stand without it."""
+    record = {"sequences": [s.as_dict() for s in sequences]}
+    if not runner.settings.enforce_eager:
+        return {"status": "not run", "mode": "compiled", "reason": NOT_EAGER} | record
+    if not sequences:
+        return {"status": "not run", "mode": "eager", "reason": "no sequence to capture"} | record
+    scratch = directory / ".layers"
+    try:
+        captured = runner.capture([s.token_ids for s in sequences], scratch, points="all")
+    except Exception as exc:  # noqa: BLE001 - the stage's finding, beside the results that stand
+        log.exception("layer capture failed")
+        shutil.rmtree(scratch, ignore_errors=True)
+        return {"status": "failed", "mode": "eager", "reason": f"{type(exc).__name__}: {exc}"} | record
+    files = []
+    for index, name in enumerate(captured["files"]):
+        (scratch / name).rename(directory / LAYER_FILE.format(index=index))
+        files.append(LAYER_FILE.format(index=index))
+    scratch.rmdir()
+    log.info("captured the engine at %d points on %d sequences", len(captured["points"]), len(sequences))
+    mode = captured["mode"].split(" ")[0]
+    capture = captured | {"files": files, "method": LAYER_CAPTURE_METHOD}
+    return {"status": "captured", "mode": mode, "reason": None} | record | {"capture": capture}
 
 
 def measure(
