@@ -290,7 +290,11 @@ def test_tokenizer_check_of_repair_is_reported(real, tmp_path):
 def test_files_left_out_by_the_fold_are_listed(tmp_path):
     directory = artifact_set(tmp_path)
     fuse = load(directory / "model", "fuse.json")
-    assert not fuse.get("side_files_left_out")  # the embedded model is not folded: no row
+    # the embedded model's bundled QAT code is left out of the fused (plain Llama) model dir
+    assert fuse.get("side_files_left_out") == ["modeling_bitcpm.py"]
+    rows = {r[label("en", "col.item")]: r for r in render(directory)[1].table_with(3, label("en", "col.item"))}
+    assert "modeling_bitcpm.py" in rows[label("en", "fuse.side_files_left_out")][label("en", "col.value")]
+    save(directory / "model", "fuse.json", fuse | {"side_files_left_out": []})
     assert label("en", "fuse.side_files_left_out") not in render(directory)[0]
     save(directory / "model", "fuse.json", fuse | {"side_files_left_out": ["configuration_minicpm.py"]})
     rows = {r[label("en", "col.item")]: r for r in render(directory)[1].table_with(3, label("en", "col.item"))}
@@ -398,6 +402,7 @@ def test_plots_are_pngs_linked_relative_to_the_report(real):
     directory, report = real
     images = [c for tok in report.tokens for c in tok.children or [] if c.type == "image"]
     assert sorted(i.attrs["src"] for i in images) == [
+        "plots/kld_buckets.png",
         "plots/kld_cdf.png",
         "plots/layers_rel_l2.png",
         "plots/logprob_diff.png",
@@ -626,6 +631,15 @@ def test_failed_threshold_and_real_divergence_are_failed_rows(tmp_path):
     assert f'{token} "' in divergence  # the token's text from the model's tokenizer follows its id
 
 
+def without_rope_switch(compare: dict) -> dict:
+    """compare.json as for a model whose RoPE switch lies beyond max_model_len: no buckets, no bucket gates."""
+    source = "switch at 4096 is not below engine.max_model_len 2048"
+    compare["evaluation"]["rope_switch"] = {"position": None, "rope_type": "longrope", "source": source}
+    compare["evaluation"]["buckets"] = None
+    compare["checks"] = [c for c in compare["checks"] if not c["threshold"].endswith("_switch_mean_kld")]
+    return compare
+
+
 def with_rope_switch(compare: dict, position: int) -> dict:
     """compare.json as for a model whose RoPE switches inside the evaluation text: each bucket's statistics taken
     from the whole text's (the KLD after the switch 1.5x on both sides), its checks by compare's own gate rule."""
@@ -742,7 +756,10 @@ def test_failed_gate_is_a_failed_conclusion_row_with_its_numbers(tmp_path):
 
 def test_bucket_table_and_plot_only_with_a_rope_switch(tmp_path):
     directory = artifact_set(tmp_path)
-    compare = load(directory, "compare.json")
+    recorded_switch = load(directory, "compare.json")["evaluation"]["rope_switch"]
+    assert recorded_switch["position"] == 256  # the embedded model switches inside the text; without one:
+    compare = without_rope_switch(load(directory, "compare.json"))
+    save(directory, "compare.json", compare)
     switch = compare["evaluation"]["rope_switch"]
     assert switch["position"] is None and compare["evaluation"]["buckets"] is None
     markdown, report = render(directory)
@@ -781,7 +798,9 @@ def test_evaluation_not_measured_renders_its_reason(tmp_path):
     compare = load(directory, "compare.json")
     reason = "the engine captured no logits on the evaluation text"
     compare["evaluation"] = {"status": "not measured", "reason": reason, "full_vocabulary": False}
-    compare["checks"] = [c for c in compare["checks"] if not c["threshold"].startswith("eval_")]
+    compare["checks"] = [
+        c for c in compare["checks"] if not c["threshold"].startswith(("eval_", "before_switch_", "after_switch_"))
+    ]
     save(directory, "compare.json", compare)
     for language in ("en", "zh"):
         markdown, report = render(directory, language)
@@ -838,6 +857,7 @@ def test_markdown_metacharacters_in_artifacts_stay_text(tmp_path):
         "plots/speed.png",
         "plots/logprob_diff.png",
         "plots/kld_cdf.png",
+        "plots/kld_buckets.png",
         "plots/layers_rel_l2.png",
     ]
     assert len(report.h1) == 1 and "heading" not in report.h2 + report.h3
@@ -1125,8 +1145,8 @@ def test_index_links_each_model_report_with_its_status(tmp_path):
     status = load(directory, "report.json")["status"]
     assert rows[1][1] == f"{SYMBOLS[status]} {label('en', 'status.' + status.replace(' ', '_'))}"
     assert rows[2][1].startswith("⚠") and index.html_tokens() == []
-    # the RoPE bucket gates of a model without a switch: listed as not measured, by their labels
-    assert check_label("en", "before_switch_mean_kld") in rows[1][4]
+    # the embedded model's RoPE switches inside the text: its bucket gates were measured, not listed here
+    assert check_label("en", "before_switch_mean_kld") not in rows[1][4]
 
 
 # -- the rules, in a copy of the workflow ------------------------------------------------------------------------
@@ -1138,8 +1158,17 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
 
     workdir = copy_workflow(tmp_path / "wf")
     shutil.copytree(BASE, workdir / "results" / MODEL)
+    # the engine's capture is not part of the recorded set (the report never reads it): an empty stand-in
+    (workdir / "results" / MODEL / "capture").mkdir()
+    (workdir / "results" / MODEL / "dumps").mkdir()
     # mark the copied artifacts up to date, so only the report rules have work to do
-    run_snakemake(workdir, "--touch", f"results/{MODEL}/compare.json", f"results/{MODEL}/env.json")
+    run_snakemake(
+        workdir,
+        "--touch",
+        f"results/{MODEL}/compare.json",
+        f"results/{MODEL}/env.json",
+        f"results/{MODEL}/layers.json",
+    )
     assert planned_rules(workdir) == {"report_model": 1, "report_index": 1, "report": 1}
     run_snakemake(workdir, "report")
     index = Report((workdir / "results" / "report.md").read_text(encoding="utf-8"))
@@ -1147,6 +1176,7 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
         f"{MODEL}/report.md"
     ]
     assert sorted(p.name for p in (workdir / "results" / MODEL / "plots").glob("*.png")) == [
+        "kld_buckets.png",
         "kld_cdf.png",
         "layers_rel_l2.png",
         "logprob_diff.png",
