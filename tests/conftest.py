@@ -82,9 +82,9 @@ def run_snakemake(workdir: Path, *args: str, env: dict | None = None, check: boo
     return result
 
 
-def planned_rules(workdir: Path, *args: str) -> dict[str, int]:
+def planned_rules(workdir: Path, *args: str, env: dict | None = None) -> dict[str, int]:
     """Rule -> job count that a dry run of ``report`` would execute ({} when nothing to do)."""
-    output = run_snakemake(workdir, "-n", "report", *args).stdout
+    output = run_snakemake(workdir, "-n", "report", *args, env=env).stdout
     if "Nothing to be done" in output:
         return {}
     stats = output.split("Job stats:", 1)[1]

@@ -140,6 +140,7 @@ rule baseline:
     log: "logs/baseline.log"
     params:
         baseline={baseline!r},
+        engine={{"max_model_len": 2048}},
         generation={generation!r},
         trust_remote_code=False,
     script: "{script}"

@@ -23,6 +23,7 @@ PER_MODEL_RULES = {
     "smoke",
     "baseline",
     "compare",
+    "layers",
     "report_model",
 }
 

@@ -39,6 +39,7 @@ EXPECTED_LIMITS = {
     "smoke": ("02:00:00", "10000M"),  # the rule's mem_mb
     "baseline": ("04:00:00", "8000M"),
     "compare": ("02:00:00", "4000M"),
+    "layers": ("02:00:00", "4000M"),
     "report_model": ("00:30:00", "2000M"),
     "report_index": ("00:30:00", "2000M"),
 }
