@@ -171,7 +171,7 @@ def _with_config(workdir, tmp_path, edit):
 
 
 def test_group_size_change_reruns_fuse_and_downstream_only(default_run, tmp_path):
-    args = _with_config(default_run, tmp_path, lambda t: re.sub(r"group_size: 128", "group_size: 64", t))
+    args = _with_config(default_run, tmp_path, lambda t: re.sub(r"group_size: null", "group_size: 64", t))
     assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_FUSE
 
 
