@@ -189,12 +189,13 @@ def test_prompt_change_reruns_engines_not_fuse(default_run, tmp_path):
     assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_ENGINES
 
 
-def lower_threshold(text):
-    return text.replace("min_top1_agreement: 0.95", "min_top1_agreement: 0.9")
+def tighter_gates(text):
+    assert "  floor_ratio: 2.0\n" in text
+    return text.replace("  floor_ratio: 2.0\n", "  floor_ratio: 1.5\n")
 
 
-def test_threshold_change_reruns_compare_and_report_only(default_run, tmp_path):
-    args = _with_config(default_run, tmp_path, lower_threshold)
+def test_gate_change_reruns_compare_and_report_only(default_run, tmp_path):
+    args = _with_config(default_run, tmp_path, tighter_gates)
     assert set(planned_rules(default_run, *args)) == {"compare", "report_model", "report_index", "report"}
 
 

@@ -20,6 +20,8 @@ def main(smk):
         # only the capture's size reaches the engine stage: the layers gate reruns the layers stage alone
         layers=LayersSettings.from_config({"eval_tokens": smk.params.layers_eval_tokens}),
     )
+    # the declared output exists whatever the engine did; empty when nothing was captured
+    Path(smk.output.capture).mkdir(parents=True, exist_ok=True)
     write_json(smk.output.smoke, doc)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import sys
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,9 @@ def offline_run(
             )
             fields["kv_cache"] = runner.kv_cache(log_file.read_text(encoding="utf-8", errors="replace"))
     except Exception as exc:  # an engine that does not start or fails to generate is the stage's finding
-        log.exception("vLLM failed")
+        log.error("vLLM failed: %s: %s", type(exc).__name__, exc)
+        # to the captured output itself: the log tail must hold the traceback wherever logging is routed
+        traceback.print_exc(file=sys.stderr)
         what = "generation failed" if runner.started else "vLLM engine did not start"
         status, reason = "failed", f"{what}: {type(exc).__name__}: {exc}"
     if runner.started:
