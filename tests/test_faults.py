@@ -129,7 +129,7 @@ def _kill_job_when(process: subprocess.Popen, script: str, ready, timeout: float
     while not ready():
         assert process.poll() is None, process.communicate()[0][-3000:]
         assert time.monotonic() < deadline, "the job never reached the point to kill it"
-        time.sleep(0.05)
+        time.sleep(0.005)
     jobs = [p for p in psutil.Process(process.pid).children(recursive=True) if script in " ".join(p.cmdline())]
     assert jobs, "job process not found"
     for job in jobs:  # the job and whatever it started, as `kill -9` of its process group would
@@ -154,7 +154,8 @@ def test_sigkill_during_fuse_then_rerun_incomplete_gives_identical_outputs(tmp_p
         stderr=subprocess.STDOUT,
         text=True,
     )
-    _kill_job_when(process, "fuse", lambda: any(results.glob(".model.*.tmp/.part-00002.safetensors")))
+    # any shard in staging: fuse of a model this size takes a fraction of a second, a later shard can be missed
+    _kill_job_when(process, "fuse", lambda: any(results.glob(".model.*.tmp/.part-*.safetensors")))
     assert not (results / "model").exists()  # nothing published that a rerun could trust
 
     run_snakemake(killed, "report", "--configfile", "big.yaml", "--rerun-incomplete", "--until", "fuse")

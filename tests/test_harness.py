@@ -7,25 +7,21 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SCENARIOS, copy_workflow, foreign_import, planned_rules, scenario_config
+from conftest import (
+    PER_MODEL_RULES,
+    REPO,
+    SCENARIOS,
+    copy_workflow,
+    foreign_import,
+    planned_rules,
+    scenario_config,
+)
 from snakemake.utils import update_config
 
 import npuport
 from npuport.core.settings import check_config
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
-PER_MODEL_RULES = {
-    "download",
-    "introspect",
-    "repair_config",
-    "fuse",
-    "env_probe",
-    "smoke",
-    "baseline",
-    "compare",
-    "layers",
-    "report_model",
-}
 
 
 # --- the import guard ---------------------------------------------------------------------------------------------
@@ -75,7 +71,7 @@ def _merged(name: str) -> dict:
 
 
 def test_scenarios_are_present_and_each_has_a_readme_line():
-    assert {"default", "two-models", "engine-unavailable", "engine-fails-for-one-model"} <= set(SCENARIOS)
+    assert {"default", "slurm", "engine-unavailable", "engine-fails-for-one-model"} <= set(SCENARIOS)
     readme = (REPO / ".test" / "README.md").read_text(encoding="utf-8")
     for name in SCENARIOS:
         assert f"| `{name}` |" in readme, name

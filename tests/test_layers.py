@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -362,9 +363,10 @@ def test_a_folded_minicpm_model_names_no_point(folded_minicpm, tmp_path):
 
 @pytest.mark.engine
 @pytest.mark.e2e
-def test_the_layers_stage_in_the_workflow_starts_no_engine(default_run):
+def test_the_layers_stage_in_the_workflow_starts_no_engine(default_run, tmp_path):
     from conftest import run_snakemake
 
+    default_run = shutil.copytree(default_run, tmp_path / "wf", symlinks=True)  # others read the shared run
     target = "results/tiny-bitcpm/layers.json"
     smoke = default_run / "results" / "tiny-bitcpm" / "smoke.json"
     before = smoke.stat().st_mtime_ns

@@ -1,8 +1,8 @@
-"""End to end on a real SLURM: the default workflow for two models through `--profile profiles/slurm`.
+"""End to end on a real SLURM: the default workflow through `--profile profiles/slurm`, every stage a job.
 
 A single-node cluster (Debian's slurmctld/slurmd/munge, count-only GRES ``npu:2``) is started for
 this module by tests/slurm_cluster.py and stopped by pid afterwards, also when a test fails. The
-two models are the embedded one under two names; the config asks for the ``npu`` accelerator
+model is the embedded one under another name; the config asks for the ``npu`` accelerator
 resource, so the profile maps smoke and env_probe to ``--gres=npu:1``. Without the SLURM packages
 the module is skipped (``NPUPORT_REQUIRE_SLURM=1`` turns the skip into a failure, for CI).
 """
@@ -26,9 +26,9 @@ from slurm_cluster import SlurmUnavailable, check_host, start_cluster
 
 pytestmark = pytest.mark.e2e
 
-MODELS = ("tiny-a", "tiny-b")
-# Scenario .test/two-models: the embedded model under these two names, engine stages holding `npu`.
-TEST_CONFIG = ".test/two-models/config.yaml"
+MODELS = ("tiny-slurm",)
+# Scenario .test/slurm: the embedded model under this name, engine stages holding `npu`.
+TEST_CONFIG = ".test/slurm/config.yaml"
 # What the profile asks for, per rule (scontrol's view of the submitted job).
 EXPECTED_LIMITS = {
     "download": ("04:00:00", "2000M"),
@@ -87,9 +87,9 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
-    """`snakemake --profile profiles/slurm report` on two models; (workdir, snakemake output, job id -> rule)."""
+    """`snakemake --profile profiles/slurm report` on the scenario; (workdir, snakemake output, job id -> rule)."""
     workdir = copy_workflow(tmp_path_factory.mktemp("slurm") / "wf")
-    config = scenario_config("two-models", workdir)
+    config = scenario_config("slurm", workdir)
     assert config == workdir / TEST_CONFIG
     assert [m["name"] for m in yaml.safe_load(config.read_text(encoding="utf-8"))["models"]] == list(MODELS)
     args = [
