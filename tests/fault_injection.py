@@ -12,6 +12,9 @@ serves every fault. Faults (comma-separated fields):
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 
 _active: dict[str, list] = {"handles": [], "restore": []}
@@ -76,3 +79,15 @@ def clear_fault(model) -> None:
         for restore in reversed(_active["restore"]):
             restore()
     _active["handles"], _active["restore"] = [], []
+
+
+@contextlib.contextmanager
+def injected(runner, fault: str | None):
+    """``fault`` (None: no fault) in the workers of ``runner``'s running engine for the block; cleared after."""
+    llm = runner._llm
+    if fault:
+        llm.apply_model(functools.partial(set_fault, spec=fault))
+    try:
+        yield
+    finally:
+        llm.apply_model(clear_fault)

@@ -10,7 +10,6 @@ after the fold. Last, the `layers` rule in the default run's workflow (no furthe
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -264,14 +263,9 @@ def engine_case(runner, model_dir: Path, capture: Path, fault: str | None) -> di
     prompts = encode_prompts(tokenizer, GENERATION)
     stop = stop_token_ids(model_dir, tokenizer)
     plan = evaluation_plan(model_dir, tokenizer, engine=engine, evaluation=EVALUATION, text=EVALUATION_TEXT)
-    llm = runner._llm
-    if fault:
-        llm.apply_model(functools.partial(fault_injection.set_fault, spec=fault))
-    try:
+    with fault_injection.injected(runner, fault):
         run, _batch = measure(runner, prompts, generation=GENERATION, stop_ids=stop.ids)
         fields = capture_engine(runner, run.records, evaluation=plan, layers=LAYERS, capture_dir=capture)
-    finally:
-        llm.apply_model(fault_injection.clear_fault)
     return {"status": "ok", "settings": {"engine": engine.as_dict()}, "prompts": [r.as_dict() for r in run.records],
             **fields}  # fmt: skip
 

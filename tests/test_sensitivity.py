@@ -8,7 +8,6 @@ a failing run has a failed gate at least 2x its limit, so it would still fail wi
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from pathlib import Path
@@ -59,15 +58,10 @@ def _smoke_document(runner, model_dir: Path, work: Path, fault: str | None) -> t
     prompts = encode_prompts(tokenizer, GENERATION)
     stop = stop_token_ids(model_dir, tokenizer)
     plan = evaluation_plan(model_dir, tokenizer, engine=ENGINE, evaluation=EVALUATION, text=EVALUATION_TEXT)
-    llm = runner._llm
-    if fault:
-        llm.apply_model(functools.partial(fault_injection.set_fault, spec=fault))
-    try:
+    capture = work / (fault or "correct").replace(",", "_")
+    with fault_injection.injected(runner, fault):
         run, _batch = measure(runner, prompts, generation=GENERATION, stop_ids=stop.ids)
-        capture = work / (fault or "correct").replace(",", "_")
         evaluation = capture_evaluation(runner, plan, capture)
-    finally:
-        llm.apply_model(fault_injection.clear_fault)
     doc = {"status": "ok", "settings": {"engine": ENGINE.as_dict()}, "prompts": [r.as_dict() for r in run.records],
            "evaluation": evaluation}  # fmt: skip
     return doc, capture
