@@ -1,0 +1,153 @@
+"""Where the default run's wall time goes: per stage, and inside the engine stage by phase.
+
+    python benchmarks/pipeline_breakdown.py [--workdir DIR] [--cores 4] [--model NAME] [-- SNAKEMAKE_ARGS...]
+
+Without --workdir the workflow is copied into a temporary directory and `snakemake --cores N report` runs there
+from scratch (nothing reused); with --workdir a completed run in DIR is read. Printed:
+
+- per stage (Snakemake's benchmark files, results/<model>/benchmarks/<rule>.tsv): wall seconds, CPU seconds and
+  max RSS; wall - CPU is what the stage spent waiting (on 2 cores a stage can also use more CPU than wall);
+- the run's wall time, from Snakemake's log (its start to its last line, 1 s resolution);
+- inside `smoke`: the phases between its job start (Snakemake's log) and the timestamped lines npuport and vLLM
+  write to logs/<model>/smoke.log: imports and preparation, engine construction (vLLM's profiling and KV cache
+  sizing inside), the warm-up request, the measured requests, the captures, the offline engine's shutdown,
+  the serve check (server start, requests, stop), and what follows until the job ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources", "profiles", "envs")
+STAGES = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare", "layers",
+          "report_model", "report_index")  # fmt: skip
+# smoke.log lines that end a phase (npuport's own messages, and vLLM's first shutdown line), in order.
+PHASES = (
+    ("imports, tokenizer, evaluation plan", re.compile(r"npuport\.engines\.vllm_runner: starting vLLM")),
+    ("engine construction (load, profiling, KV cache)", re.compile(r"npuport\.engines\.vllm_runner: engine started")),
+    ("warm-up request", re.compile(r"npuport\.engines\.records: warm-up:")),
+    ("measured requests (one at a time, then the batch)", re.compile(r"npuport\.engines\.smoke: throughput:")),
+    ("captures (evaluation logits, layer points)", re.compile(r"npuport\.engines\.smoke: captured the engine at")),
+    ("offline engine shutdown", re.compile(r"npuport\.engines\.serve_check: serve check: /")),
+    ("serve check (server start, requests, stop)", re.compile(r"npuport\.engines\.serve_check: serve check: \w")),
+)
+STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
+JOB_START = re.compile(
+    r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]\n(?:local)?rule (\w+):\n"
+    r"(?:    .*\n)*?    wildcards: model=([^,\n]+)",
+    re.M,
+)
+SNAKEMAKE_STAMP = re.compile(r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]$", re.M)
+
+
+def snakemake_time(text: str) -> datetime:
+    return datetime.strptime(" ".join(text.split()), "%a %b %d %H:%M:%S %Y")
+
+
+def run_pipeline(cores: int, extra: list[str]) -> tuple[Path, float]:
+    workdir = Path(tempfile.mkdtemp(prefix="npuport-breakdown-")) / "wf"
+    workdir.mkdir()
+    for part in WORKFLOW_PARTS:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, workdir / part, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, workdir / part)
+    argv = [sys.executable, "-m", "snakemake", "--cores", str(cores), "report", *extra]
+    print(f"running {' '.join(argv[1:])} in {workdir}", file=sys.stderr)
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, cwd=workdir, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"the pipeline failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return workdir, wall
+
+
+def stage_rows(results: Path) -> list[tuple[str, float, float, float]]:
+    rows = []
+    for stage in STAGES:
+        tsv = results / "benchmarks" / f"{stage}.tsv"
+        if not tsv.is_file():
+            continue
+        with open(tsv, encoding="utf-8") as fh:
+            record = next(csv.DictReader(fh, delimiter="\t"))
+        rows.append((stage, float(record["s"]), float(record["cpu_time"]), float(record["max_rss"])))
+    return rows
+
+
+def snakemake_log(workdir: Path) -> str:
+    logs = sorted((workdir / ".snakemake" / "log").glob("*.snakemake.log"))
+    if not logs:
+        raise SystemExit(f"no Snakemake log under {workdir}/.snakemake/log")
+    return logs[-1].read_text(encoding="utf-8")
+
+
+def run_wall(log: str) -> float:
+    start = datetime.strptime(re.search(r"^  Date: (.+)$", log, re.M)[1].strip(), "%Y-%m-%d %H:%M:%S")
+    return (snakemake_time(SNAKEMAKE_STAMP.findall(log)[-1]) - start).total_seconds()
+
+
+def smoke_phases(workdir: Path, model: str, log: str, smoke_wall: float) -> list[tuple[str, float]]:
+    """(phase, seconds) inside the smoke job; the job's start has 1 s resolution."""
+    starts = [snakemake_time(t) for t, rule, m in JOB_START.findall(log) if rule == "smoke" and m == model]
+    if not starts:
+        raise SystemExit(f"no smoke job for model {model} in Snakemake's log")
+    stamps = []
+    for line in (workdir / "logs" / model / "smoke.log").read_text(encoding="utf-8", errors="replace").splitlines():
+        found = STAMP.match(line)
+        if found:
+            stamps.append((datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f"), line))
+    phases, previous = [], starts[0]
+    for name, pattern in PHASES:
+        hit = next((when for when, line in stamps if when >= previous and pattern.search(line)), None)
+        if hit is None:
+            phases.append((name, float("nan")))
+            continue
+        phases.append((name, (hit - previous).total_seconds()))
+        previous = hit
+    phases.append(("writing smoke.json, exit", (starts[0] - previous).total_seconds() + smoke_wall))
+    return phases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, help="a completed run to read (default: run one in a temp dir)")
+    parser.add_argument("--cores", type=int, default=4)
+    parser.add_argument("--model", default="tiny-bitcpm")
+    parser.add_argument("snakemake_args", nargs="*", help="after --: passed to snakemake")
+    args = parser.parse_args()
+    if args.workdir:
+        workdir, measured = args.workdir.resolve(), None
+    else:
+        workdir, measured = run_pipeline(args.cores, args.snakemake_args)
+    log = snakemake_log(workdir)
+    rows = stage_rows(workdir / "results" / args.model)
+    print(f"| stage ({args.model}) | wall s | CPU s | waiting s (wall - CPU) | max RSS MB |")
+    print("|---|---:|---:|---:|---:|")
+    for stage, wall, cpu, rss in rows:
+        print(f"| {stage} | {wall:.1f} | {cpu:.1f} | {max(wall - cpu, 0):.1f} | {rss:,.0f} |")
+    total = sum(r[1] for r in rows)
+    print(f"| sum of stages | {total:.1f} | {sum(r[2] for r in rows):.1f} | | |")
+    here = f"; measured here {measured:.1f} s" if measured else ""
+    print(f"\nrun wall (Snakemake's log): {run_wall(log):.0f} s{here}")
+    smoke_wall = next((r[1] for r in rows if r[0] == "smoke"), None)
+    if smoke_wall is None:
+        return
+    print(f"\n| inside smoke ({smoke_wall:.1f} s) | s |")
+    print("|---|---:|")
+    for name, seconds in smoke_phases(workdir, args.model, log, smoke_wall):
+        print(f"| {name} | {seconds:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
