@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,6 @@ from datetime import datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources", "profiles", "envs")
 STAGES = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare", "layers",
           "report_model", "report_index")  # fmt: skip
 # smoke.log lines that end a phase (npuport's own messages, and vLLM's first shutdown line), in order.
@@ -55,14 +53,10 @@ def snakemake_time(text: str) -> datetime:
 
 
 def run_pipeline(cores: int, extra: list[str]) -> tuple[Path, float]:
-    workdir = Path(tempfile.mkdtemp(prefix="npuport-breakdown-")) / "wf"
-    workdir.mkdir()
-    for part in WORKFLOW_PARTS:
-        src = ROOT / part
-        if src.is_dir():
-            shutil.copytree(src, workdir / part, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(src, workdir / part)
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import copy_workflow  # the tests' copy of the workflow: what a fresh checkout runs
+
+    workdir = copy_workflow(Path(tempfile.mkdtemp(prefix="npuport-breakdown-")) / "wf")
     argv = [sys.executable, "-m", "snakemake", "--cores", str(cores), "report", *extra]
     print(f"running {' '.join(argv[1:])} in {workdir}", file=sys.stderr)
     t0 = time.perf_counter()

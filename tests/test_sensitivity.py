@@ -27,7 +27,7 @@ from npuport.core.settings import (
 )
 from npuport.engines.baseline import run_baseline
 from npuport.engines.records import encode_prompts, load_tokenizer, stop_token_ids
-from npuport.engines.smoke import capture_evaluation, evaluation_plan, measure
+from npuport.engines.smoke import capture_engine, evaluation_plan, measure
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
@@ -61,7 +61,9 @@ def _smoke_document(runner, model_dir: Path, work: Path, fault: str | None) -> t
     capture = work / (fault or "correct").replace(",", "_")
     with fault_injection.injected(runner, fault):
         run, _batch = measure(runner, prompts, generation=GENERATION, stop_ids=stop.ids)
-        evaluation = capture_evaluation(runner, plan, capture)
+        evaluation = capture_engine(runner, run.records, evaluation=plan, layers=None, capture_dir=capture)[
+            "evaluation"
+        ]
     doc = {"status": "ok", "settings": {"engine": ENGINE.as_dict()}, "prompts": [r.as_dict() for r in run.records],
            "evaluation": evaluation}  # fmt: skip
     return doc, capture

@@ -182,12 +182,12 @@ def evaluation_plan(
             "segments": segments}  # fmt: skip
 
 
-def capture_evaluation(runner: VllmRunner, plan: dict[str, Any], capture_dir: str | Path | None) -> dict[str, Any]:
-    """The engine's logits on every evaluation segment, written atomically to ``capture_dir``."""
-    if capture_dir is None:
-        return plan | {"capture": None, "reason": "no capture directory given"}
-    with atomic_dir(capture_dir) as staging:
-        captured = runner.capture(plan["segments"], staging)
+NO_CAPTURE_DIR = "no capture directory given"
+
+
+def evaluation_logits(runner: VllmRunner, plan: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """The engine's logits on every evaluation segment of ``plan``, written to ``directory``."""
+    captured = runner.capture(plan["segments"], directory)
     log.info("captured the engine's logits on %d evaluation segments", len(plan["segments"]))
     return plan | {"capture": captured}
 
@@ -204,16 +204,15 @@ def capture_engine(
     states at every layer capture point on the prompts (with the engine's outputs) and on the first
     ``layers.eval_tokens`` tokens of the evaluation text; both written to ``capture_dir`` and published together."""
     fields: dict[str, Any] = {}
-    if evaluation is not None and capture_dir is None:
-        fields["evaluation"] = capture_evaluation(runner, evaluation, None)
     if capture_dir is None:
+        if evaluation is not None:
+            fields["evaluation"] = evaluation | {"capture": None, "reason": NO_CAPTURE_DIR}
         if layers is not None:
-            fields["layers"] = {"status": "not run", "mode": None, "reason": "no capture directory given"}
+            fields["layers"] = {"status": "not run", "mode": None, "reason": NO_CAPTURE_DIR}
         return fields
     with atomic_dir(capture_dir) as staging:
         if evaluation is not None:
-            fields["evaluation"] = evaluation | {"capture": runner.capture(evaluation["segments"], staging)}
-            log.info("captured the engine's logits on %d evaluation segments", len(evaluation["segments"]))
+            fields["evaluation"] = evaluation_logits(runner, evaluation, staging)
         if layers is not None:
             segments = (evaluation or {}).get("segments")
             sequences = layer_sequences([r.as_dict() for r in records], segments, layers.eval_tokens)
