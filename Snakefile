@@ -28,6 +28,7 @@ include: "workflow/rules/smoke.smk"
 include: "workflow/rules/baseline.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/layers.smk"
+include: "workflow/rules/bench.smk"
 include: "workflow/rules/report.smk"
 
 

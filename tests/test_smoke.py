@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
+from npuport.core.settings import EngineSettings, GenerationSettings
 from npuport.engines.smoke import run_smoke
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,12 +88,11 @@ def generation_settings(**overrides) -> dict:
             "top_logprobs": TOP_K, "chat_template": False} | overrides  # fmt: skip
 
 
-def smoke_settings(engine: dict = ENGINE, serve: dict | None = None, **generation) -> dict:
+def smoke_settings(engine: dict = ENGINE, **generation) -> dict:
     """run_smoke's typed settings from config sections (missing keys: the schema's defaults)."""
     return {
         "engine": EngineSettings.from_config(engine),
         "generation": GenerationSettings.from_config(generation_settings(**generation)),
-        "serve": ServeSettings.from_config({"enabled": False} if serve is None else serve),
     }
 
 
@@ -115,7 +114,8 @@ def test_smoke_runs_on_the_cpu_platform_and_says_so(smoke):
     assert "npu" not in smoke["platform"]["device"].lower()
     engine = smoke["engine"]
     assert engine["name"] == "vllm" and engine["version"] and engine["distribution"] and engine["torch"]
-    assert smoke["serve"]["status"] == "not run"
+    # the serve check moved to the bench stage; smoke.json says so (tests/test_bench.py tests the check)
+    assert smoke["serve"] == {"status": "not run", "reason": "the serve check runs in the bench stage (bench.json)"}
     assert smoke["engine_shutdown"]["released"], smoke["engine_shutdown"]
 
 
@@ -208,11 +208,10 @@ def test_missing_vllm_gives_not_run(tiny_model, tmp_path):
     script = textwrap.dedent(f"""
         import json, sys
         sys.modules["vllm"] = None  # as if vLLM were not installed
-        from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
+        from npuport.core.settings import EngineSettings, GenerationSettings
         from npuport.engines.smoke import run_smoke
         doc = run_smoke({str(tiny_model)!r}, engine=EngineSettings.from_config({ENGINE!r}),
-                        generation=GenerationSettings.from_config({generation_settings()!r}),
-                        serve=ServeSettings.from_config({{"enabled": True}}))
+                        generation=GenerationSettings.from_config({generation_settings()!r}))
         print("DOC" + json.dumps({{k: doc[k] for k in ("status", "reason", "prompts", "serve")}}))
     """)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
@@ -224,12 +223,13 @@ def test_missing_vllm_gives_not_run(tiny_model, tmp_path):
 
 
 def test_serve_check_that_cannot_start_fails_and_leaves_no_process(tiny_model, tmp_path):
+    from npuport.core.settings import ServeSettings
     from npuport.engines.serve_check import group_alive, run_serve_check
 
     engine = {**ENGINE, "max_model_len": 10**6, "max_num_seqs": 4, "enforce_eager": True, "tensor_parallel_size": 1,
               "seed": 42}  # fmt: skip
-    serve = {"enabled": True, "host": "127.0.0.1", "startup_timeout_s": 240, "request_timeout_s": 10}
-    result = run_serve_check(tiny_model, **smoke_settings(engine, serve), offline_prompts=[],
+    serve = ServeSettings.from_config({"startup_timeout_s": 240, "request_timeout_s": 10})
+    result = run_serve_check(tiny_model, **smoke_settings(engine), serve=serve, offline_prompts=[],
                              log_path=tmp_path / "serve.log")  # fmt: skip
     assert result["status"] == "failed"
     assert "exited" in result["reason"]

@@ -19,7 +19,6 @@ rule smoke:
     params:
         engine=model_setting("engine"),
         generation=config["generation"],
-        serve=config["serve"],
         evaluation=config["evaluation"],
         layers_eval_tokens=config["layers"]["eval_tokens"],
         trust_remote_code=model_field("trust_remote_code", False),

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from npuport.compare.layer_plan import LayersSettings
 from npuport.core.atomic import write_json
-from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings, ServeSettings
+from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings
 from npuport.core.stage import run_stage
 from npuport.engines.smoke import run_smoke
 
@@ -12,7 +12,6 @@ def main(smk):
         smk.input.model,
         engine=EngineSettings.from_config(smk.params.engine),
         generation=GenerationSettings.from_config(smk.params.generation),
-        serve=ServeSettings.from_config(smk.params.serve),
         trust_remote_code=bool(smk.params.trust_remote_code),
         evaluation=EvaluationSettings.from_config(smk.params.evaluation),
         evaluation_text=Path(smk.input.evaluation_text).read_text(encoding="utf-8"),

@@ -1,7 +1,11 @@
-"""The `vllm serve` check: start vLLM's OpenAI-compatible server on loopback, ask it every prompt, stop it.
+"""vLLM's OpenAI-compatible server on loopback, and the serve check: every offline prompt asked again through
+/v1/completions, the answer compared with the offline engine's text.
 
-The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the module behind ``vllm serve``,
-same flags) in its own process group, so that stopping it also stops the engine processes it started.
+The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the module behind ``vllm serve``, same flags) in
+its own process group. ``served`` starts it, waits for /health and stops it by process group on every path (an
+exception inside the block included); processes it started that left the group and survive are found by their pid,
+killed and reported. The `bench` stage runs the check and its load ladder on one server (npuport.engines.bench);
+``run_serve_check`` is the check alone.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,8 @@ from npuport.engines.records import PromptRecord, replayed_temp_log, tail_lines
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 30
+# smoke.json's "serve" since the check moved to the bench stage (kept so that readers of smoke.json find the key)
+SERVE_MOVED = {"status": "not run", "reason": "the serve check runs in the bench stage (bench.json)"}
 
 
 def engine_flags(engine: EngineSettings, trust_remote_code: bool) -> list[str]:
@@ -90,7 +96,64 @@ def wait_healthy(proc: subprocess.Popen, base_url: str, timeout_s: float) -> str
     return f"/health did not answer 200 within {timeout_s} s"
 
 
+# --- processes ------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/<pid>/stat that tell a process apart and where it belongs."""
+
+    pid: int
+    state: str
+    ppid: int
+    pgrp: int
+    start: int  # clock ticks after boot: a reused pid has another
+
+
+def proc_stat(pid: int) -> ProcStat | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = text.rpartition(")")[2].split()  # after the command name, which may hold spaces and parentheses
+    return ProcStat(pid, fields[0], int(fields[1]), int(fields[2]), int(fields[19]))
+
+
+def all_processes() -> list[ProcStat]:
+    stats = (proc_stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit())
+    return [s for s in stats if s is not None]
+
+
+def descendants(root: int) -> dict[int, int]:
+    """pid -> start time of every living process below ``root`` ({} where /proc cannot be read)."""
+    with contextlib.suppress(OSError):
+        children: dict[int, list[ProcStat]] = {}
+        for stat in all_processes():
+            children.setdefault(stat.ppid, []).append(stat)
+        found, frontier = {}, [root]
+        while frontier:
+            for stat in children.get(frontier.pop(), []):
+                if stat.pid not in found and stat.state != "Z":
+                    found[stat.pid] = stat.start
+                    frontier.append(stat.pid)
+        return found
+    return {}
+
+
+def still_running(known: dict[int, int]) -> list[int]:
+    """The pids of ``known`` (pid -> start time) that still run: same start time, not a zombie."""
+    running = []
+    for pid, start in known.items():
+        stat = proc_stat(pid)
+        if stat is not None and stat.start == start and stat.state != "Z":
+            running.append(pid)
+    return running
+
+
 def group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` runs (zombies waiting for a reaper do not count, where /proc tells)."""
+    with contextlib.suppress(OSError):
+        return any(s.pgrp == pgid and s.state != "Z" for s in all_processes())
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -110,15 +173,146 @@ def wait_group_gone(proc: subprocess.Popen, pgid: int, timeout_s: float) -> bool
     return False
 
 
-def stop_group(proc: subprocess.Popen) -> dict[str, Any]:
-    """SIGINT to the whole process group, then SIGTERM, then SIGKILL: no process of it may outlive the check."""
+def stop_group(proc: subprocess.Popen, known: dict[int, int] | None = None) -> dict[str, Any]:
+    """SIGINT to the whole process group, then SIGTERM, then SIGKILL; then SIGKILL by pid to every process of
+    ``known`` (the server's descendants, pid -> start time) that left the group and still runs. Those are reported
+    in ``left_after_shutdown``: the server's own shutdown left them behind."""
     pgid = proc.pid  # start_new_session made the server the leader of its own group
+    stopped = {"signal": "SIGKILL", "pgid": pgid}
+    started = time.monotonic()
     for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
         if wait_group_gone(proc, pgid, grace):
-            return {"signal": sig.name, "pgid": pgid, "returncode": proc.poll(), "processes_left": False}
-    return {"signal": "SIGKILL", "pgid": pgid, "returncode": proc.poll(), "processes_left": group_alive(pgid)}
+            stopped["signal"] = sig.name
+            break
+    known = known or {}
+    left = [{"pid": pid, "cmdline": _cmdline(pid)} for pid in still_running(known)]
+    for entry in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(entry["pid"], signal.SIGKILL)
+    if left:
+        log.warning("server processes left after shutdown, killed by pid: %s", left)
+    deadline = time.monotonic() + 10
+    while still_running(known) and time.monotonic() < deadline:  # SIGKILL takes effect when the kernel gets to it
+        time.sleep(0.1)
+    gone = not group_alive(pgid) and not still_running(known)
+    return stopped | {"returncode": proc.poll(), "processes_left": bool(left) or not gone,
+                      "left_after_shutdown": left, "all_gone": gone,
+                      "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    return "?"
+
+
+# --- the server -----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Server:
+    """A server process (group) and what is known about it: ready (``served_model`` set) or why not."""
+
+    argv: list[str]
+    url: str
+    proc: subprocess.Popen | None = None
+    startup_seconds: float | None = None
+    served_model: str | None = None
+    failure: str | None = None
+    shutdown: dict[str, Any] | None = None
+    log_tail: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+    known_processes: dict[int, int] = field(default_factory=dict)  # the server's descendants seen: pid -> start time
+
+    @property
+    def ready(self) -> bool:
+        return self.failure is None and self.served_model is not None
+
+    def exited(self) -> int | None:
+        """The exit code once the server process has ended, else None."""
+        return None if self.proc is None else self.proc.poll()
+
+    def record(self) -> dict[str, Any]:
+        return {"command_ran": self.argv, "url": self.url, "startup_seconds": self.startup_seconds,
+                "served_model": self.served_model, "shutdown": self.shutdown, "log_tail": self.log_tail}  # fmt: skip
+
+
+@contextlib.contextmanager
+def served(
+    argv: Sequence[str], *, url: str, serve: ServeSettings, log_path: str | Path | None = None
+) -> Iterator[Server]:
+    """Start the server ``argv`` in a process group of its own, wait until ``url``/health answers and /v1/models
+    names the model, yield it (``failure`` says why when it never got ready); stop it on every path. Its output
+    goes to ``log_path`` (appended), else to a temp file replayed to stderr; ``log_tail`` holds the end."""
+    server = Server(list(argv), url)
+    log.info("server: %s", shlex.join(server.argv))
+    with server_log(log_path) as path:
+        server.log_path = path
+        try:
+            start_server(server, path, serve)
+            yield server
+        finally:
+            if server.proc is not None:
+                server.known_processes |= descendants(server.proc.pid)
+                server.shutdown = stop_group(server.proc, server.known_processes)
+            server.log_tail = tail_lines(path)
+
+
+def start_server(server: Server, path: Path, serve: ServeSettings) -> None:
+    """Start the process, wait for /health, ask /v1/models; a failure is recorded in ``server.failure``."""
+    try:
+        with open(path, "ab") as out:
+            started = time.perf_counter()
+            server.proc = subprocess.Popen(server.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           start_new_session=True)  # fmt: skip
+        server.failure = wait_healthy(server.proc, server.url, serve.startup_timeout_s)
+        if server.failure is None:
+            server.startup_seconds = time.perf_counter() - started
+            models = http_json(server.url + "/v1/models", None, serve.request_timeout_s)
+            server.served_model = models["data"][0]["id"]
+            server.known_processes |= descendants(server.proc.pid)  # the engine processes, while they are its children
+    except (OSError, urllib.error.URLError, KeyError, IndexError, TypeError, ValueError) as exc:
+        server.failure = f"{type(exc).__name__}: {exc}"
+    if server.failure:
+        log.warning("server not ready: %s", server.failure)
+
+
+@contextlib.contextmanager
+def server_log(log_path: str | Path | None) -> Iterator[Path]:
+    """The file the server writes to: ``log_path`` (appended), else a temp file that is replayed to stderr
+    and removed afterwards."""
+    if log_path is not None:
+        path = Path(log_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    with replayed_temp_log("npuport-serve-") as path:
+        yield path
+
+
+# --- the serve check ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OfflineAnswer:
+    """What the offline engine answered to one prompt (smoke.json's record), for the served answer to match."""
+
+    prompt: str
+    prompt_token_ids: list[int]
+    text: str
+    num_tokens: int
+
+    @classmethod
+    def from_record(cls, record: PromptRecord) -> OfflineAnswer:
+        g = record.generation
+        return cls(record.prompt, list(g.prompt_token_ids), g.text, g.num_tokens)
+
+    @classmethod
+    def from_smoke(cls, record: dict[str, Any]) -> OfflineAnswer:
+        """From one entry of smoke.json's "prompts"."""
+        return cls(record["prompt"], list(record["prompt_token_ids"]), record["text"], record["num_tokens"])
 
 
 @dataclass(frozen=True)
@@ -156,15 +350,56 @@ def ask(
     )
 
 
-def compare_with_offline(answer: Answer, offline: PromptRecord) -> dict[str, Any]:
-    generated = offline.generation
+def compare_with_offline(answer: Answer, offline: OfflineAnswer) -> dict[str, Any]:
     return {
         **asdict(answer),
         "prompt": offline.prompt,
-        "text_equal_offline": answer.text == generated.text,
-        "prompt_tokens_equal_offline": answer.prompt_tokens == len(generated.prompt_token_ids),
-        "completion_tokens_equal_offline": answer.completion_tokens == generated.num_tokens,
+        "text_equal_offline": answer.text == offline.text,
+        "prompt_tokens_equal_offline": answer.prompt_tokens == len(offline.prompt_token_ids),
+        "completion_tokens_equal_offline": answer.completion_tokens == offline.num_tokens,
     }
+
+
+def check_prompts(
+    server: Server, offline: Sequence[OfflineAnswer], *, generation: GenerationSettings, serve: ServeSettings
+) -> dict[str, Any]:
+    """Ask the ready ``server`` every prompt (raw prompts as text, as a user sends them; chat-template prompts as the
+    offline token ids); "failed" when the server is not ready, a request fails, or a served text differs from the
+    offline one. Returns the check's own fields (``serve_document`` adds the server's)."""
+    result: dict[str, Any] = {"status": "failed", "reason": server.failure, "prompts": [],
+                              "all_text_equal_offline": None}  # fmt: skip
+    if not server.ready:
+        return result
+    try:
+        for record in offline:
+            prompt = record.prompt_token_ids if generation.chat_template else record.prompt
+            answer = ask(server.url, server.served_model, prompt, generation=generation,
+                         timeout=serve.request_timeout_s)  # fmt: skip
+            result["prompts"].append(compare_with_offline(answer, record))
+    except (OSError, urllib.error.URLError, KeyError, IndexError, TypeError, ValueError) as exc:
+        result["reason"] = f"request {len(result['prompts']) + 1} failed: {type(exc).__name__}: {exc}"
+        return result
+    differ = [i for i, p in enumerate(result["prompts"], 1) if not p["text_equal_offline"]]
+    result["all_text_equal_offline"] = not differ
+    if differ:
+        result["reason"] = f"served text differs from the offline text for prompt(s) {differ} of {len(offline)}"
+        return result
+    result["status"] = "ok"
+    return result
+
+
+def serve_document(server: Server, check: dict[str, Any], *, vllm_serve_command: str) -> dict[str, Any]:
+    """The serve check's record (smoke.json's "serve" of old, bench.json's "serve" now), once the server stopped:
+    a server process that outlived its shutdown fails it."""
+    doc = {"status": check["status"], "reason": check["reason"], **server.record(),
+           "vllm_serve_command": vllm_serve_command, "prompts": check["prompts"],
+           "all_text_equal_offline": check["all_text_equal_offline"]}  # fmt: skip
+    if server.shutdown and server.shutdown["processes_left"]:
+        doc["status"] = "failed"
+        left = [p["pid"] for p in server.shutdown["left_after_shutdown"]]
+        doc["reason"] = " ".join(filter(None, [doc["reason"], f"server processes left after shutdown: {left}"]))
+    log.info("serve check: %s%s", doc["status"], f" ({doc['reason']})" if doc["reason"] else "")
+    return doc
 
 
 def run_serve_check(
@@ -173,92 +408,14 @@ def run_serve_check(
     engine: EngineSettings,
     generation: GenerationSettings,
     serve: ServeSettings,
-    offline_prompts: Sequence[PromptRecord],
+    offline_prompts: Sequence[OfflineAnswer],
     trust_remote_code: bool = False,
     log_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Serve the model, send every prompt of ``offline_prompts`` to /v1/completions, compare with the offline text.
-
-    Raw prompts go as text (as a user sends them); chat-template prompts go as the offline token ids.
-    Server output goes to ``log_path`` (appended), else to a temp file replayed to stderr afterwards.
-    """
+    """Serve the model, ask every prompt of ``offline_prompts``, compare with the offline text, stop the server."""
     model_dir = Path(model_dir).resolve()
     port = free_port(serve.host)
     argv = api_server_argv(model_dir, engine, host=serve.host, port=port, trust_remote_code=trust_remote_code)
-    result: dict[str, Any] = {
-        "status": "failed",
-        "reason": None,
-        "command_ran": argv,
-        "vllm_serve_command": vllm_serve_command(model_dir, engine, trust_remote_code),
-        "url": f"http://{serve.host}:{port}",
-        "startup_seconds": None,
-        "served_model": None,
-        "prompts": [],
-        "all_text_equal_offline": None,
-        "shutdown": None,
-        "log_tail": [],
-    }
-    log.info("serve check: %s", shlex.join(argv))
-    with server_log(log_path) as path:
-        proc = None
-        try:
-            with open(path, "ab") as out:
-                start = time.perf_counter()
-                proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)  # fmt: skip
-            query_server(proc, result, offline_prompts, started=start, generation=generation, serve=serve)
-        except (OSError, urllib.error.URLError, KeyError, ValueError) as exc:
-            result["reason"] = f"{type(exc).__name__}: {exc}"
-        finally:
-            if proc is not None:
-                stop_server(proc, result)
-            result["log_tail"] = tail_lines(path)
-    log.info("serve check: %s%s", result["status"], f" ({result['reason']})" if result["reason"] else "")
-    return result
-
-
-def query_server(
-    proc: subprocess.Popen,
-    result: dict[str, Any],
-    offline_prompts: Sequence[PromptRecord],
-    *,
-    started: float,
-    generation: GenerationSettings,
-    serve: ServeSettings,
-) -> None:
-    """Wait for /health, then ask every prompt; fills ``result`` as it goes (so a failure keeps what came)."""
-    why = wait_healthy(proc, result["url"], serve.startup_timeout_s)
-    if why:
-        result["reason"] = why
-        return
-    result["startup_seconds"] = time.perf_counter() - started
-    served = http_json(result["url"] + "/v1/models", None, serve.request_timeout_s)
-    result["served_model"] = served["data"][0]["id"]
-    for offline in offline_prompts:
-        prompt = offline.generation.prompt_token_ids if generation.chat_template else offline.prompt
-        answer = ask(result["url"], result["served_model"], prompt, generation=generation,
-                     timeout=serve.request_timeout_s)  # fmt: skip
-        result["prompts"].append(compare_with_offline(answer, offline))
-    result["all_text_equal_offline"] = all(p["text_equal_offline"] for p in result["prompts"])
-    result["status"] = "ok"
-
-
-def stop_server(proc: subprocess.Popen, result: dict[str, Any]) -> None:
-    """Stop the server's whole process group; a process that survives fails the check."""
-    result["shutdown"] = stop_group(proc)
-    if result["shutdown"]["processes_left"]:
-        result["status"] = "failed"
-        result["reason"] = (result["reason"] or "") + " server processes survived SIGKILL"
-
-
-@contextlib.contextmanager
-def server_log(log_path: str | Path | None) -> Iterator[Path]:
-    """The file the server writes to: ``log_path`` (appended), else a temp file that is replayed to stderr
-    and removed afterwards."""
-    if log_path is not None:
-        path = Path(log_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield path
-        return
-    with replayed_temp_log("npuport-serve-") as path:
-        yield path
+    with served(argv, url=f"http://{serve.host}:{port}", serve=serve, log_path=log_path) as server:
+        check = check_prompts(server, offline_prompts, generation=generation, serve=serve)
+    return serve_document(server, check, vllm_serve_command=vllm_serve_command(model_dir, engine, trust_remote_code))

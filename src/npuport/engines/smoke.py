@@ -1,6 +1,7 @@
 """The `smoke` stage: the real vLLM engine (``VllmRunner``) on whatever platform vLLM picks, greedy
 generation, timings, the engine's own logits and hidden states captured (for `compare` and `layers`), KV cache
-capacity, then the `vllm serve` check.
+capacity. (The `vllm serve` check runs in the `bench` stage, on the server its load ladder uses: smoke.json's
+"serve" says so.)
 
 smoke.json has every key of ``records.document`` whatever happened: an engine that is missing or fails
 is recorded as status "not run" / "failed", never raised.
@@ -19,7 +20,7 @@ from typing import Any
 
 from npuport.compare.layer_plan import LAYER_FILE, LayerSequence, LayersSettings, layer_sequences
 from npuport.core.atomic import atomic_dir, read_json
-from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings, ServeSettings
+from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings
 from npuport.engines.evaluation import plan_segments, rope_switch, segment_length
 from npuport.engines.records import (
     Prompt,
@@ -37,7 +38,7 @@ from npuport.engines.records import (
     tail_lines,
     throughput,
 )
-from npuport.engines.serve_check import run_serve_check, vllm_serve_command
+from npuport.engines.serve_check import SERVE_MOVED, vllm_serve_command
 from npuport.engines.vllm_runner import VllmRunner
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,13 @@ class OfflineRun:
     records: list[PromptRecord] = field(default_factory=list)
     shutdown: dict[str, Any] | None = None
 
-    @property
-    def processes_left(self) -> list[int]:
-        return self.shutdown["engine_processes_left"] if self.shutdown else []
-
 
 def run_smoke(
     model_dir: str | Path,
     *,
     engine: EngineSettings,
     generation: GenerationSettings,
-    serve: ServeSettings,
     trust_remote_code: bool = False,
-    server_log: str | Path | None = None,
     evaluation: EvaluationSettings | None = None,
     evaluation_text: str | None = None,
     capture_dir: str | Path | None = None,
@@ -89,11 +84,11 @@ def run_smoke(
     hidden states at every layer capture point (``layers``, None: the schema's defaults), for the `layers` stage."""
     model_dir = Path(model_dir).resolve()
     base = {
-        "settings": {"engine": engine.as_dict(), "generation": generation.as_dict(), "serve": serve.as_dict(),
+        "settings": {"engine": engine.as_dict(), "generation": generation.as_dict(),
                      "trust_remote_code": trust_remote_code, "prompt_format": prompt_format(generation)},
         "model_dir": str(model_dir),
         "vllm_serve_command": vllm_serve_command(model_dir, engine, trust_remote_code),
-        "serve": {"status": "not run", "reason": "the offline engine did not run"},
+        "serve": dict(SERVE_MOVED),
     }  # fmt: skip
     refusal = remote_code_refusal(model_dir, trust_remote_code)
     if refusal:
@@ -116,9 +111,6 @@ def run_smoke(
     doc = document("smoke", run.status, run.reason, log_tail=log_tail, **base, **run.fields)
     if run.records:
         doc["timing_method"] = run.records[0].generation.timing.method
-    if run.status == "ok":
-        doc["serve"] = serve_step(model_dir, run, engine=engine, generation=generation, serve=serve,
-                                  trust_remote_code=trust_remote_code, server_log=server_log)  # fmt: skip
     sys.stdout.flush()
     return doc
 
@@ -264,24 +256,3 @@ def measure(
     ]
     log.info("throughput: single %.1f tok/s, batch %.1f tok/s", run.single["tokens_per_s"], batch["tokens_per_s"])
     return run, batch
-
-
-def serve_step(
-    model_dir: Path,
-    run: OfflineRun,
-    *,
-    engine: EngineSettings,
-    generation: GenerationSettings,
-    serve: ServeSettings,
-    trust_remote_code: bool,
-    server_log: str | Path | None,
-) -> dict[str, Any]:
-    """The `vllm serve` check after a good offline run, or why it did not run."""
-    if not serve.enabled:
-        return {"status": "not run", "reason": "serve.enabled is false in the pipeline config"}
-    if run.processes_left:
-        reason = f"offline engine processes {run.processes_left} still alive after shutdown"
-        log.warning("serve check skipped: %s", reason)
-        return {"status": "not run", "reason": reason}
-    return run_serve_check(model_dir, engine=engine, generation=generation, serve=serve, offline_prompts=run.records,
-                           trust_remote_code=trust_remote_code, log_path=server_log)  # fmt: skip

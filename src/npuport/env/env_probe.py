@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from npuport.env.accelerators import probe_accelerators
 from npuport.env.diagnostics import diagnose
 from npuport.env.host import probe_container, probe_env_vars, probe_hardware
+from npuport.env.membw import measure_memory_bandwidth
 from npuport.env.platform_choice import decide_platform
 from npuport.env.probe_tools import safe, unknown
 from npuport.env.versions import driver_version, package_versions, probe_cann
@@ -62,6 +63,8 @@ def probe_environment(env: Mapping[str, str] | None = None, packages: Sequence[s
     for key in ("hardware", "accelerators", "container", "env_vars"):
         if not isinstance(facts[key], dict):
             facts[key] = {"error": facts[key]}
+    # host memory bandwidth (a short copy benchmark, with its method): the bench stage's bound on a CPU host
+    facts["hardware"]["memory_bandwidth"] = safe("memory bandwidth", measure_memory_bandwidth)
     facts["platform"], facts["device"] = decide_platform(facts)
     facts["diagnostics"] = diagnose(facts)
     facts["probe_seconds"] = round(time.monotonic() - start, 3)

@@ -1,0 +1,34 @@
+rule bench:
+    input:
+        model=rules.fuse.output[0],
+        smoke=rules.smoke.output.smoke,
+        env=rules.env_probe.output[0],
+        # the earlier bench.json of the regression gate ({model} filled in), when bench.baseline names one
+        baseline=lambda wildcards: (
+            [config["bench"]["baseline"].format(model=wildcards.model)]
+            if config["bench"]["baseline"]
+            else []
+        ),
+    output:
+        bench=ARTIFACTS["bench"],
+        results=directory(ARTIFACTS["bench_results"]),
+    log:
+        log_file("bench"),
+    benchmark:
+        benchmark_file("bench")
+    conda:
+        f"../../envs/{ENGINE_ENV}.yaml"
+    resources:
+        timing=1,
+        mem_mb=10000,
+        npu=accelerator("npu"),
+        gpu=accelerator("gpu"),
+    params:
+        engine=model_setting("engine"),
+        generation=config["generation"],
+        serve=config["serve"],
+        bench=config["bench"],
+        trust_remote_code=model_field("trust_remote_code", False),
+        code=script_code("bench"),
+    script:
+        "../scripts/bench.py"
