@@ -401,8 +401,9 @@ def test_point_bounded_in_time_and_benchmark_errors_recorded(tmp_path, tiny_mode
                 "--dataset-name", "random", "--random-input-len", "16", "--random-output-len", "8",
                 "--num-prompts", "2", "--max-concurrency", "1", "--ready-check-timeout-sec", "0",
                 "--disable-tqdm"]  # fmt: skip
-        hung = run_point(point, argv, timeout_s=3, result_file="bench/x.json")
-        bad = run_point(point, ["--backend", "no-such-backend"], timeout_s=30, result_file="bench/x.json")
+        hung = run_point(point, argv, timeout_s=3, result_file="bench/x.json", command="hung")
+        refused = ["--backend", "no-such-backend"]
+        bad = run_point(point, refused, timeout_s=30, result_file="bench/x.json", command="bad")
     assert hung.status == "timed out" and hung.reason.startswith("did not finish within 3 s") and not hung.metrics
     assert 3 <= hung.seconds < 60
     assert bad.status == "failed" and bad.reason.startswith("the benchmark raised ValueError: vllm bench serve refused")

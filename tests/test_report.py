@@ -46,7 +46,18 @@ REPORT_PACKAGE = Path(__file__).resolve().parents[1] / "src" / "npuport" / "repo
 BASE = DATA / "artifacts" / "tiny-bitcpm"
 MODEL = "tiny-bitcpm"
 # The stages whose benchmark files and outputs the report_model rule declares, in pipeline order.
-STAGES = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare", "layers")
+STAGES = (
+    "download",
+    "introspect",
+    "repair_config",
+    "fuse",
+    "env_probe",
+    "smoke",
+    "baseline",
+    "compare",
+    "layers",
+    "bench",
+)
 NPU_SMI = DATA / "npu-smi" / "910b3-8npu-vllm-ascend-3024.txt"
 NASTY = (
     "| a | b |\n# heading\n<script>alert(1)</script> *bold* _it_ `tick` ```fence``` [x](javascript:y) "
@@ -87,6 +98,7 @@ def declared_inputs(directory: Path) -> dict:
         "baseline.json",
         "compare.json",
         "layers.json",
+        "bench.json",
     )
     declared = {name.removesuffix(".json"): str(directory / name) for name in files}
     return declared | {"benchmarks": [str(directory / "benchmarks" / f"{stage}.tsv") for stage in STAGES]}
@@ -379,7 +391,20 @@ def test_pipeline_cost_table_equals_the_benchmark_files(real):
 def test_conclusion_rows_follow_the_artifacts(real):
     directory, report = real
     smoke, compare = load(directory, "smoke.json"), load(directory, "compare.json")
-    kept = ("config", "fusion", "qat_forward", "engine", "npu", "gpu", "serve", "baseline", "tokens", "layers")
+    kept = (
+        "config",
+        "fusion",
+        "qat_forward",
+        "engine",
+        "npu",
+        "gpu",
+        "serve",
+        "baseline",
+        "tokens",
+        "layers",
+        "bench_held",
+        "bench_regression",
+    )
     assert set(conclusion(report)) == {check_label("en", c) for c in kept + GATE_NAMES}
     assert row_status(report, "engine") == (PASSED if smoke["status"] == "ok" else FAILED)
     on_npu = smoke["platform"]["name"] == "npu"
@@ -402,6 +427,8 @@ def test_plots_are_pngs_linked_relative_to_the_report(real):
     directory, report = real
     images = [c for tok in report.tokens for c in tok.children or [] if c.type == "image"]
     assert sorted(i.attrs["src"] for i in images) == [
+        "plots/bench_latency.png",
+        "plots/bench_throughput.png",
         "plots/kld_buckets.png",
         "plots/kld_cdf.png",
         "plots/layers_rel_l2.png",
@@ -484,6 +511,11 @@ def test_smoke_not_run_renders_not_measured_without_crashing(tmp_path):
         serve={"status": "not run", "reason": "the offline engine did not run"},
     )
     save(directory, "smoke.json", not_run)
+    bench = load(directory, "bench.json")
+    why = f"the offline engine did not run (smoke.json status 'not run': {reason})"
+    save(directory, "bench.json", bench | {"status": "not run", "reason": why, "points": [],
+                                           "serve": {"status": "not run", "reason": why},
+                                           "held": {"status": "not measured", "reason": why}})  # fmt: skip
     save(
         directory,
         "compare.json",
@@ -499,6 +531,7 @@ def test_smoke_not_run_renders_not_measured_without_crashing(tmp_path):
     assert row_status(report, "baseline") == PASSED
     assert not (directory / "plots" / "logprob_diff.png").exists()
     assert "logprob_diff.png" not in markdown and "kld_cdf.png" not in markdown
+    assert row_status(report, "bench_held") == NOT_MEASURED and "bench_throughput.png" not in markdown
     assert load(directory, "report.json")["status"] == NOT_MEASURED  # nothing failed, but the engine never ran
 
 
@@ -522,6 +555,46 @@ def test_engine_failure_is_a_failed_row_with_its_log(tmp_path):
     assert load(directory, "report.json")["status"] == FAILED
     assert any("RuntimeError: out of memory" in body for section, body in report.fences if section.startswith("4. "))
     assert any("smoke" in h and "failed" in h for h in report.h3 if h.startswith("6."))
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_bench_rows_follow_bench_json(tmp_path, language):
+    """The regression gate: not measured without a baseline (overall status untouched), ❌ below min_ratio x an earlier
+    run, ✅ at or above it; a ladder that lost requests fails the held row and the report."""
+    from npuport.engines.bench import regression_check
+
+    directory = artifact_set(tmp_path)
+    bench = load(directory, "bench.json")
+    _, report = render(directory, language)
+    assert row_status(report, "bench_held", language) == PASSED
+    assert row_status(report, "bench_regression", language) == NOT_MEASURED
+    assert load(directory, "report.json")["status"] == PASSED  # no baseline: nothing to regress against
+    assert "in128-out64-c16" in report.markdown
+    faster = json.loads(json.dumps(bench))
+    for point in faster["points"]:
+        point["output_throughput"] *= 1.25  # the earlier run was 25 % faster
+    min_ratio = bench["settings"]["bench"]["min_ratio"]
+    save(directory, "bench.json", bench | {"regression": regression_check(bench["points"], faster,
+                                                                          path="earlier/bench.json",
+                                                                          min_ratio=min_ratio)})  # fmt: skip
+    _, report = render(directory, language)
+    assert row_status(report, "bench_regression", language) == FAILED
+    assert "0.80" in row_detail(report, "bench_regression", language)
+    assert load(directory, "report.json")["status"] == FAILED
+    same = regression_check(bench["points"], bench, path="earlier/bench.json", min_ratio=min_ratio)
+    save(directory, "bench.json", bench | {"regression": same})
+    _, report = render(directory, language)
+    assert row_status(report, "bench_regression", language) == PASSED
+    lost = json.loads(json.dumps(bench))
+    lost["points"][2] |= {"status": "failed", "completed": 29, "failed": 3, "reason": "3 of 32 requests failed"}
+    not_ok = {"in128-out64-c16": "3 of 32 requests failed"}
+    lost["held"] = {"status": "failed", "reason": "3 failed and 0 truncated request(s)", "failed_requests": 3,
+                    "truncated_requests": 0, "points_not_ok": not_ok}  # fmt: skip
+    save(directory, "bench.json", lost)
+    _, report = render(directory, language)
+    assert row_status(report, "bench_held", language) == FAILED
+    assert "3 failed and 0 truncated" in row_detail(report, "bench_held", language)
+    assert "29 / 32 (3 failed)" in report.markdown
 
 
 def npu_env(directory: Path) -> dict:
@@ -841,8 +914,11 @@ def test_markdown_metacharacters_in_artifacts_stay_text(tmp_path):
     directory = artifact_set(tmp_path)
     smoke = load(directory, "smoke.json")
     smoke["prompts"][0]["text"] = NASTY
-    smoke["serve"]["reason"] = NASTY
     save(directory, "smoke.json", smoke)
+    bench = load(directory, "bench.json")
+    bench["serve"]["reason"] = NASTY
+    bench["points"][0]["name"] = NASTY
+    save(directory, "bench.json", bench)
     env = load(directory, "env.json")
     env["diagnostics"].append(
         {"id": "nasty|id", "severity": "warning", "summary": NASTY, "evidence": [NASTY], "fix": NASTY}
@@ -859,6 +935,8 @@ def test_markdown_metacharacters_in_artifacts_stay_text(tmp_path):
         "plots/kld_cdf.png",
         "plots/kld_buckets.png",
         "plots/layers_rel_l2.png",
+        "plots/bench_throughput.png",
+        "plots/bench_latency.png",
     ]
     assert len(report.h1) == 1 and "heading" not in report.h2 + report.h3
     outputs = report.table_with(4, label("en", "col.output"))
@@ -1168,6 +1246,7 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
         f"results/{MODEL}/compare.json",
         f"results/{MODEL}/env.json",
         f"results/{MODEL}/layers.json",
+        f"results/{MODEL}/bench.json",
     )
     assert planned_rules(workdir) == {"report_model": 1, "report_index": 1, "report": 1}
     run_snakemake(workdir, "report")
@@ -1176,6 +1255,8 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
         f"{MODEL}/report.md"
     ]
     assert sorted(p.name for p in (workdir / "results" / MODEL / "plots").glob("*.png")) == [
+        "bench_latency.png",
+        "bench_throughput.png",
         "kld_buckets.png",
         "kld_cdf.png",
         "layers_rel_l2.png",

@@ -40,10 +40,11 @@ EXPECTED_LIMITS = {
     "baseline": ("04:00:00", "8000M"),
     "compare": ("02:00:00", "4000M"),
     "layers": ("02:00:00", "4000M"),
+    "bench": ("02:00:00", "10000M"),
     "report_model": ("00:30:00", "2000M"),
     "report_index": ("00:30:00", "2000M"),
 }
-NPU_RULES = {"env_probe", "smoke"}
+NPU_RULES = {"env_probe", "smoke", "bench"}
 # Deterministic artifacts: everything up to the fused model (the engine stages record timings).
 DETERMINISTIC = ("introspect.json", "config.json", "repair.json", "download", "model")
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")

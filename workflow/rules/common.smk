@@ -124,6 +124,7 @@ REPORTED_STAGES = [
     "baseline",
     "compare",
     "layers",
+    "bench",
 ]
 
 

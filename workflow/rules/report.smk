@@ -10,6 +10,7 @@ rule report_model:
         baseline=rules.baseline.output[0],
         compare=rules.compare.output[0],
         layers=rules.layers.output.layers,
+        bench=rules.bench.output.bench,
         benchmarks=[getattr(rules, stage).benchmark for stage in REPORTED_STAGES],
     output:
         report=report(

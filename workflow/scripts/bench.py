@@ -1,5 +1,7 @@
 """bench stage: the serve check and vLLM's serving benchmark over a concurrency ladder on one server -> bench.json."""
 
+from pathlib import Path
+
 from npuport.core.atomic import atomic_dir, read_json, write_json
 from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
 from npuport.core.stage import run_stage
@@ -19,6 +21,7 @@ def main(smk):
             serve=ServeSettings.from_config(smk.params.serve),
             settings=settings,
             result_dir=results,
+            published_dir=Path(smk.output.results).resolve(),
             baseline=baseline,
             baseline_path=smk.input.baseline[0] if smk.input.baseline else None,
             trust_remote_code=bool(smk.params.trust_remote_code),

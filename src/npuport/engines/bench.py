@@ -157,9 +157,9 @@ def run_benchmark(argv: Sequence[str], timeout_s: float) -> dict[str, Any]:
     return asyncio.run(asyncio.wait_for(vllm_bench.main_async(args), timeout_s))
 
 
-def run_point(point: Point, argv: list[str], *, timeout_s: float, result_file: str) -> PointResult:
-    """One point; a timeout or an exception of the benchmark is the point's finding."""
-    command = shlex.join(["vllm", "bench", "serve", *argv])
+def run_point(point: Point, argv: list[str], *, timeout_s: float, result_file: str, command: str) -> PointResult:
+    """One point; a timeout or an exception of the benchmark is the point's finding. ``command``: the equivalent
+    `vllm bench serve ...` as the record shows it."""
     log.info("bench point %s: %s", point.name, command)
     started = time.perf_counter()
     try:
@@ -204,10 +204,17 @@ def summarize(point: Point, raw: dict[str, Any]) -> PointResult:
 
 
 def run_ladder(
-    server: Server, points: Sequence[Point], *, settings: BenchSettings, tokenizer: Path, result_dir: Path
+    server: Server,
+    points: Sequence[Point],
+    *,
+    settings: BenchSettings,
+    tokenizer: Path,
+    result_dir: Path,
+    published_dir: Path | None = None,
 ) -> list[PointResult]:
     """Every point in order against ``server``, within bench.timeout_s; once the server has exited, the rest are
-    "not run" (what it answered before stands)."""
+    "not run" (what it answered before stands). vLLM writes its results into ``result_dir``; the recorded commands
+    name ``published_dir`` (where they end up) instead."""
     deadline = time.monotonic() + settings.timeout_s
     results: list[PointResult] = []
     for point in points:
@@ -219,8 +226,12 @@ def run_ladder(
             results.append(PointResult(point, "not run", f"bench.timeout_s ({settings.timeout_s:.0f} s) was spent"))
         else:
             argv = benchmark_args(point, server, settings=settings, tokenizer=tokenizer, result_dir=result_dir)
+            shown = benchmark_args(point, server, settings=settings, tokenizer=tokenizer,
+                                   result_dir=published_dir or result_dir)  # fmt: skip
+            command = shlex.join(["vllm", "bench", "serve", *shown])
             timeout = min(settings.point_timeout_s, left)
-            results.append(run_point(point, argv, timeout_s=timeout, result_file=f"bench/{point.name}.json"))
+            results.append(run_point(point, argv, timeout_s=timeout, result_file=f"bench/{point.name}.json",
+                                     command=command))  # fmt: skip
     return results
 
 
@@ -252,8 +263,8 @@ def efficiency_row(result: PointResult, model_dir: Path, engine: EngineSettings,
     cache, note = bandwidth.get("last_level_cache_bytes"), None
     if cache and read.total <= cache:
         note = (
-            f"the {read.total / 1e6:.1f} MB a decode step reads fit in the {cache >> 20} MiB last-level cache: "
-            "memory bandwidth does not bound this model's decode, per-step overheads do"
+            f"The {read.total / 1e6:.1f} MB a decode step reads fit in the {cache >> 20} MiB last-level cache: "
+            "memory bandwidth does not bound this model's decode, per-step overheads do."
         )
     return {"point": point.name, "decode_tokens_per_s": decode, "decode_source": "1000 / mean TPOT (ms)",
             "bytes_per_token": read.as_dict(), "bound_tokens_per_s": bound, "percent_of_bound": 100 * decode / bound,
@@ -391,10 +402,12 @@ def run_bench(
     baseline_path: str | None = None,
     trust_remote_code: bool = False,
     server_log: str | Path | None = None,
+    published_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """The bench.json document: the serve check and the ladder on one server, then the three checks. vLLM's own
     result JSON of each point is written to ``result_dir`` (``<point>.json``). ``baseline``: the earlier bench.json
-    (read from ``baseline_path``, else bench.baseline names it) of the regression gate."""
+    (read from ``baseline_path``, else bench.baseline names it) of the regression gate. ``published_dir``: where
+    ``result_dir`` ends up (a staging directory is published there), as the recorded commands name it."""
     started = time.perf_counter()
     model_dir = Path(model_dir).resolve()
     doc = base_document(model_dir, smoke, engine=engine, serve=serve, settings=settings,
@@ -415,7 +428,8 @@ def run_bench(
                  else {"status": "not run", "reason": "serve.enabled is false in the pipeline config", "prompts": [],
                        "all_text_equal_offline": None})  # fmt: skip
         if server.ready:
-            results = run_ladder(server, points, settings=settings, tokenizer=model_dir, result_dir=Path(result_dir))
+            results = run_ladder(server, points, settings=settings, tokenizer=model_dir, result_dir=Path(result_dir),
+                                 published_dir=Path(published_dir) if published_dir else None)  # fmt: skip
         exited = server.exited()
     if not server.ready:
         results = [PointResult(p, "not run", f"the server did not get ready: {server.failure}") for p in points]

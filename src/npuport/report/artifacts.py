@@ -92,6 +92,7 @@ class Artifacts:
     baseline: Doc
     compare: Doc
     layers: Doc
+    bench: Doc
 
     def raw(self) -> dict[str, dict | None]:
         """Artifact key -> its object as loaded, None where absent."""

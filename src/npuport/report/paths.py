@@ -43,6 +43,7 @@ class ReportInputs:
     baseline: Path
     compare: Path
     layers: Path  # layers.json; its content may be "not measured" (the report says so)
+    bench: Path  # bench.json: the serve check and the load ladder
     benchmarks: tuple[Path, ...] = ()
 
     @classmethod
@@ -77,6 +78,7 @@ class ReportInputs:
             "baseline": self.baseline,
             "compare": self.compare,
             "layers": self.layers,
+            "bench": self.bench,
         }
 
     def directory(self) -> str:

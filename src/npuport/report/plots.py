@@ -20,6 +20,8 @@ SPEED = "speed.png"
 KLD_CDF = "kld_cdf.png"
 KLD_BUCKETS = "kld_buckets.png"
 LAYERS_REL_L2 = "layers_rel_l2.png"
+BENCH_THROUGHPUT = "bench_throughput.png"
+BENCH_LATENCY = "bench_latency.png"
 SIDE_COLORS = {"engine": "tab:blue", "floor": "tab:orange"}
 _DPI = 110
 
@@ -216,6 +218,62 @@ def layers_plot(layers: dict, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def _bench_series(bench: dict) -> dict[str, list[dict]]:
+    """The ladder's measured points, one series per (input length, output length), concurrency ascending."""
+    series: dict[str, list[dict]] = {}
+    for p in bench.get("points") or []:
+        if isinstance(p, dict) and _positive_number(p.get("output_throughput")):
+            series.setdefault(f"in {p.get('input_len')} / out {p.get('output_len')}", []).append(p)
+    return {name: sorted(points, key=lambda p: p.get("concurrency") or 0) for name, points in series.items()}
+
+
+def _bench_device(bench: dict) -> str:
+    return str(dig(bench, "platform", "device", default="device not recorded"))
+
+
+def bench_throughput_plot(bench: dict, path: Path) -> Path | None:
+    """Output token throughput against concurrency (log2 x), one line per input / output length (bench.json)."""
+    series = _bench_series(bench)
+    if not series:
+        return None
+    figure, axes = plt.subplots(figsize=(7.0, 3.8))
+    for name, points in series.items():
+        xs = [p["concurrency"] for p in points]
+        axes.plot(xs, [p["output_throughput"] for p in points], marker="o", linewidth=1.3, label=name)
+    axes.set_xscale("log", base=2)
+    concurrencies = sorted({p["concurrency"] for points in series.values() for p in points})
+    axes.set_xticks(concurrencies, [str(c) for c in concurrencies])
+    axes.set_xlabel("concurrency (requests in flight)")
+    axes.set_ylabel("output tokens/s")
+    axes.set_title(f"Throughput under load, vllm bench serve ({_bench_device(bench)})", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(fontsize=8, title="tokens", title_fontsize=7)
+    return _save(figure, path)
+
+
+def bench_latency_plot(bench: dict, path: Path) -> Path | None:
+    """Median TPOT against output throughput, each point labelled with its concurrency: the trade-off curve of
+    vLLM's benchmarks/sweep Pareto plot (down and to the right is better)."""
+    series = {name: [p for p in points if _positive_number(dig(p, "tpot_ms", "median"))]
+              for name, points in _bench_series(bench).items()}  # fmt: skip
+    series = {name: points for name, points in series.items() if points}
+    if not series:
+        return None
+    figure, axes = plt.subplots(figsize=(7.0, 3.8))
+    for name, points in series.items():
+        xs = [p["output_throughput"] for p in points]
+        ys = [p["tpot_ms"]["median"] for p in points]
+        axes.plot(xs, ys, marker="o", linewidth=1.3, label=name)
+        for x, y, p in zip(xs, ys, points, strict=True):
+            axes.annotate(f"c={p['concurrency']}", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    axes.set_xlabel("output tokens/s (all requests)")
+    axes.set_ylabel("median TPOT, ms per token per request")
+    axes.set_title(f"Latency against throughput, vllm bench serve ({_bench_device(bench)})", fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, title="tokens", title_fontsize=7)
+    return _save(figure, path)
+
+
 def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
     """Draw every plot whose data was measured into ``plots_dir``; plot name -> file name."""
     drawn = {}
@@ -234,4 +292,9 @@ def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
             drawn["kld_buckets"] = KLD_BUCKETS
     if layers_plot(dict(artifacts.layers.data), plots_dir / LAYERS_REL_L2):
         drawn["layers_rel_l2"] = LAYERS_REL_L2
+    bench = dict(artifacts.bench.data)
+    if bench_throughput_plot(bench, plots_dir / BENCH_THROUGHPUT):
+        drawn["bench_throughput"] = BENCH_THROUGHPUT
+    if bench_latency_plot(bench, plots_dir / BENCH_LATENCY):
+        drawn["bench_latency"] = BENCH_LATENCY
     return drawn

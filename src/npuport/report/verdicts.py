@@ -180,19 +180,62 @@ def accelerator_verdict(t: Translate, check: str, *, platform: str, smoke, env) 
     return Verdict(check, NOT_MEASURED, t(key, kind=kind, where=where), evidence)
 
 
-def serve_verdict(t: Translate, smoke) -> Verdict:
-    evidence = "smoke.json: serve.status, serve.all_text_equal_offline"
-    serve = dig(smoke, "serve", default={})
+def serve_verdict(t: Translate, bench) -> Verdict:
+    evidence = "bench.json: serve.status, serve.all_text_equal_offline"
+    serve = dig(bench, "serve", default={})
     status = serve.get("status")
     if status == "ok":
         prompts = serve.get("prompts") or []
         equal = sum(bool(p.get("text_equal_offline")) for p in prompts)
         detail = t("detail.serve", equal=equal, total=len(prompts), seconds=_seconds(serve.get("startup_seconds")))
         return Verdict("serve", PASSED if equal == len(prompts) and prompts else FAILED, detail, evidence)
+    if not isinstance(bench, dict):
+        return Verdict("serve", NOT_MEASURED, t("why.artifact_missing", artifact="bench.json"), evidence)
     reason = serve.get("reason") or t("word.no_reason")
     return Verdict(
         "serve", FAILED if status == "failed" else NOT_MEASURED, t("why.serve", status=status, reason=reason), evidence
     )
+
+
+def _bench_disabled(bench) -> bool:
+    return dig(bench, "settings", "bench", "enabled") is False
+
+
+def bench_held_verdict(t: Translate, bench) -> Verdict:
+    """Every point of the load ladder ran, and no request failed or came back truncated (bench.json: held).
+    A ladder switched off in the config (bench.enabled) leaves the overall status alone."""
+    evidence = "bench.json: held, points[].completed, failed, truncated"
+    if not isinstance(bench, dict):
+        return Verdict("bench_held", NOT_MEASURED, t("why.artifact_missing", artifact="bench.json"), evidence)
+    held = dig(bench, "held", default={})
+    status = held.get("status")
+    points = [p for p in bench.get("points") or [] if isinstance(p, dict)]
+    if status in (PASSED, FAILED):
+        detail = t("detail.bench_held", points=len(points), requests=sum(p.get("completed") or 0 for p in points),
+                   failed=held.get("failed_requests", 0), truncated=held.get("truncated_requests", 0))  # fmt: skip
+        return Verdict("bench_held", status, join(detail, held.get("reason") if status == FAILED else None), evidence)
+    reason = held.get("reason") or bench.get("reason") or t("word.no_reason")
+    return Verdict("bench_held", NOT_MEASURED, join(reason), evidence, optional=_bench_disabled(bench))
+
+
+def bench_regression_verdict(t: Translate, bench) -> Verdict:
+    """Each point's output throughput >= bench.min_ratio x an earlier run's (bench.json: regression). Without a
+    baseline there is nothing to regress against: not measured, and the overall status is left alone."""
+    evidence = "bench.json: regression"
+    regression = dig(bench, "regression", default={})
+    status = regression.get("status")
+    if status in (PASSED, FAILED):
+        ratios = [p["ratio"] for p in regression.get("points") or [] if isinstance(p, dict) and p.get("ratio")]
+        detail = t(
+            "detail.bench_regression",
+            lowest=format_ratio(min(ratios) if ratios else None),
+            min_ratio=format_ratio(regression.get("min_ratio")),
+            baseline=code(regression.get("baseline")),
+        )
+        return Verdict("bench_regression", status, join(detail, regression.get("reason")), evidence)
+    reason = regression.get("reason") or t("word.no_reason")
+    optional = not regression.get("baseline") or _bench_disabled(bench)
+    return Verdict("bench_regression", NOT_MEASURED, join(reason), evidence, optional=optional)
 
 
 def _seconds(value) -> str:
@@ -310,7 +353,7 @@ def format_value(value) -> str:
 def verdicts(t: Translate, artifacts: Artifacts) -> list[Verdict]:
     """Every conclusion row, in report order, from the loaded artifacts (an absent one reads as None)."""
     docs = artifacts.raw()
-    smoke, env, compare = docs["smoke"], docs["env"], docs["compare"]
+    smoke, env, compare, bench = docs["smoke"], docs["env"], docs["compare"], docs["bench"]
     return [
         config_verdict(t, docs["repair"], smoke),
         fusion_verdict(t, docs["fuse"]),
@@ -318,11 +361,13 @@ def verdicts(t: Translate, artifacts: Artifacts) -> list[Verdict]:
         engine_verdict(t, smoke),
         accelerator_verdict(t, "npu", platform="npu", smoke=smoke, env=env),
         accelerator_verdict(t, "gpu", platform="cuda", smoke=smoke, env=env),
-        serve_verdict(t, smoke),
+        serve_verdict(t, bench),
         baseline_verdict(t, docs["baseline"]),
         tokens_verdict(t, compare),
         *gate_verdicts(t, compare),
         layers_verdict(t, docs["layers"]),
+        bench_held_verdict(t, bench),
+        bench_regression_verdict(t, bench),
     ]
 
 

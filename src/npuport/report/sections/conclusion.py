@@ -43,7 +43,7 @@ KEY_COLUMNS = [
 def key_measurements(r: ReportContext) -> Md:
     """The measured numbers a reader asks first, each beside its reference value (the noise floor and the gate's
     limit where there is one) and its source; every value read from an artifact."""
-    return r.table(_run_measurements(r) + _accuracy_measurements(r), KEY_COLUMNS)
+    return r.table(_run_measurements(r) + _accuracy_measurements(r) + _bench_measurements(r), KEY_COLUMNS)
 
 
 def _run_measurements(r: ReportContext) -> list[Measurement]:
@@ -135,4 +135,26 @@ def _accuracy_measurements(r: ReportContext) -> list[Measurement]:
             t("key.floor", floor=f.metric(_rel_diff(floor_ppl))) if measured else "",
             source="compare.json: overall.perplexity_rel_diff; evaluation.floor.perplexity",
         ),
+    ]
+
+
+def _bench_measurements(r: ReportContext) -> list[Measurement]:
+    """The efficiency figure and the throughput at the ladder's highest concurrency (bench.json)."""
+    t, f = r.t, r.f
+    bench = r.docs.bench
+    efficiency = bench.part("efficiency")
+    done = [p for p in bench.records("points") if p.get("status") == "ok"]
+    top = max(done, key=lambda p: (p.get("concurrency") or 0, p.get("input_len") or 0), default=Doc())
+    peak = f"{f.num(top.get('output_throughput'))} tok/s" if top else f.missing
+    where = f"{top.get('name')}, {bench.value('platform', 'device', default='?')}" if top else ""
+    return [
+        Measurement(
+            t("key.bench_efficiency"),
+            f.percent(efficiency.get("percent_of_bound") / 100)
+            if is_number(efficiency.get("percent_of_bound"))
+            else f.missing,
+            efficiency.get("text") or efficiency.get("reason") or "",
+            source="bench.json: efficiency.percent_of_bound, text",
+        ),  # fmt: skip
+        Measurement(t("key.bench_peak"), peak, where, source="bench.json: points[].output_throughput"),
     ]

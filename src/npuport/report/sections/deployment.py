@@ -1,4 +1,5 @@
-"""Section 4, deployment: the `vllm serve` command and its check, the engine's settings and outputs (smoke.json)."""
+"""Section 4, deployment: the `vllm serve` command and its check (bench.json), the engine's settings and outputs
+(smoke.json)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from npuport.report.tables import Verbatim
 
 def deployment(r: ReportContext) -> dict:
     smoke = r.docs.smoke
-    serve = smoke.part("serve")
+    serve = r.docs.bench.part("serve")
     command = smoke.get("vllm_serve_command") or serve.get("vllm_serve_command")
     prompts = smoke.records("prompts")
     failed_log = smoke.get("status") != "ok" and smoke.get("log_tail")

@@ -87,7 +87,7 @@ def _stage_issues(r: ReportContext) -> list[Issue]:
                 source=f"{stage}.json: status",
             )
             found.append(issue)
-    serve = r.docs.smoke.part("serve")
+    serve = r.docs.bench.part("serve")
     if serve.get("status") == "failed":
         issue = Issue.found(
             r,
@@ -96,7 +96,7 @@ def _stage_issues(r: ReportContext) -> list[Issue]:
             summary=r.t("issue.serve"),
             evidence=[serve.get("reason") or "-"],
             fix=fixes.serve_fix(r),
-            source="smoke.json: serve.status, serve.reason",
+            source="bench.json: serve.status, serve.reason",
         )
         found.append(issue)
     return found
