@@ -29,6 +29,7 @@ include: "workflow/rules/baseline.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/layers.smk"
 include: "workflow/rules/bench.smk"
+include: "workflow/rules/accuracy.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -91,3 +91,15 @@ def injected(runner, fault: str | None):
         yield
     finally:
         llm.apply_model(clear_fault)
+
+
+class WorkerFaults:
+    """vLLM worker extension (``--worker-extension-cls fault_injection.WorkerFaults``, tests/ on PYTHONPATH): the
+    faults above in a server's workers, set through its dev-mode ``POST /collective_rpc`` (VLLM_SERVER_DEV_MODE=1)
+    with ``{"method": "npuport_set_fault", "args": [spec]}``; ``npuport_clear_fault`` clears them."""
+
+    def npuport_set_fault(self, spec: str) -> str:
+        return set_fault(self.model_runner.get_model(), spec)
+
+    def npuport_clear_fault(self) -> None:
+        clear_fault(self.model_runner.get_model())

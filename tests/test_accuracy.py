@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -215,3 +216,76 @@ def test_the_same_model_in_memory_passes_and_a_broken_one_fails(fused, reference
     assert check["status"] == "failed", check["reason"]
     verdicts = {v["task"]: v for v in check["tasks"]}
     assert all(v["status"] == "failed" and v["p_value"] < 0.01 for v in verdicts.values()), verdicts
+
+
+# ---------------------------------------------------------------- the engine's side, on a real vLLM server
+
+
+@pytest.fixture(scope="module")
+def faulty_server(fused, tmp_path_factory):
+    """vLLM's OpenAI server on the fused model in bfloat16 (the pipeline's engine settings), its workers extended
+    with tests/fault_injection.WorkerFaults so a test can break a layer in the running engine."""
+    pytest.importorskip("vllm", reason="vLLM is not installed")
+    from npuport.core.settings import EngineSettings, ServeSettings
+    from npuport.engines.serve_check import api_server_argv, free_port, served
+
+    engine = EngineSettings.from_config({"gpu_memory_utilization": 0.05})
+    port = free_port("127.0.0.1")
+    argv = api_server_argv(fused[0], engine, host="127.0.0.1", port=port)
+    argv += ["--worker-extension-cls", "fault_injection.WorkerFaults"]
+    tests = str(Path(__file__).resolve().parent)
+    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "VLLM_SERVER_DEV_MODE")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, saved["PYTHONPATH"]]))
+    os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # the server's /collective_rpc route
+    try:
+        serve = ServeSettings.from_config({})
+        log = tmp_path_factory.mktemp("server") / "server.log"
+        with served(argv, url=f"http://127.0.0.1:{port}", serve=serve, log_path=log) as server:
+            assert server.ready, (server.failure, server.log_tail)
+            yield server, engine
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def rpc(server, method: str, *args: str) -> dict:
+    from npuport.engines.serve_check import http_json
+
+    return http_json(server.url + "/collective_rpc", {"method": method, "args": list(args)}, 60)
+
+
+@pytest.mark.engine
+def test_engine_side_on_the_server_passes_and_an_injected_layer_bug_fails(
+    fused, reference_run, faulty_server, tmp_path
+):
+    """The accuracy stage's engine side (the bench stage runs it on its server) on a real vLLM server: the correct
+    engine passes against the transformers reference; the same running engine with layer 1's MLP output negated in
+    its workers (the noise-floor issue's injected bug) fails the gate, significantly, on both tasks."""
+    from npuport.accuracy.accuracy import AccuracySettings, engine_side
+
+    server, engine = faulty_server
+    settings = AccuracySettings.from_config({})
+    common = {"base_url": server.url, "served_model": server.served_model, "model_dir": fused[0],
+              "settings": settings, "include_path": TASKS, "max_length": engine.max_model_len,
+              "timeout_s": 120}  # fmt: skip
+    correct = engine_side(**common, output_dir=tmp_path / "correct")
+    assert correct["status"] == "ok", correct["reason"]
+    assert correct["command"].startswith("lm_eval --model local-completions --model_args base_url=http://127.0.0.1:")
+    assert (tmp_path / "correct" / "lm_eval" / "samples_npuport_tiny_mc.jsonl").is_file()
+    passed = accuracy_check(engine_run=correct, reference_run=reference_run, max_drop=settings.max_drop)
+    assert passed["status"] == "passed", passed["reason"]
+    assert rpc(server, "npuport_set_fault", "mlp_sign,1") == {"results": ["mlp_sign,1"]}
+    try:
+        broken = engine_side(**common, output_dir=tmp_path / "broken")
+    finally:
+        rpc(server, "npuport_clear_fault")
+    failed = accuracy_check(engine_run=broken, reference_run=reference_run, max_drop=settings.max_drop)
+    assert failed["status"] == "failed", failed["reason"]
+    verdicts = {v["task"]: v for v in failed["tasks"]}
+    assert set(verdicts) == {"npuport_tiny_mc", "npuport_tiny_gen"}
+    assert all(v["status"] == "failed" and v["p_value"] < 0.05 and v["engine_worse"] > 0 for v in verdicts.values())
+    print(f"\nengine side: correct {[(t, r['score']) for t, r in correct['tasks'].items()]} in {correct['wall_s']} s; "
+          f"broken {[(v['task'], v['engine']['score'], v['p_value']) for v in verdicts.values()]}")  # fmt: skip

@@ -233,11 +233,14 @@ def bench_settings(**overrides) -> BenchSettings:
 
 
 def test_disabled_bench_starts_nothing(tiny_model, tmp_path):
-    common = {"env": {}, "engine": EngineSettings.from_config(ENGINE), "serve": ServeSettings.from_config({}),
-              "generation": GenerationSettings.from_config(generation_settings()), "result_dir": tmp_path}  # fmt: skip
-    off = run_bench(tiny_model, smoke={"status": "ok"}, settings=bench_settings(enabled=False), **common)
-    assert off["status"] == "not run" and off["reason"] == "bench.enabled is false in the pipeline config"
+    common = {"env": {}, "engine": EngineSettings.from_config(ENGINE), "result_dir": tmp_path,
+              "generation": GenerationSettings.from_config(generation_settings())}  # fmt: skip
+    serve_off = {"serve": ServeSettings.from_config({"enabled": False})}
+    off = run_bench(tiny_model, smoke={"status": "ok"}, settings=bench_settings(enabled=False), **common, **serve_off)
+    assert off["status"] == "not run" and off["reason"].endswith("bench.enabled are false in the pipeline config")
+    assert off["accuracy"]["status"] == "not run"
     assert off["points"] == [] and off["server"] is None and off["serve"]["status"] == "not run"
+    common["serve"] = ServeSettings.from_config({})
     broken = run_bench(tiny_model, smoke={"status": "failed", "reason": "boom"}, settings=bench_settings(), **common)
     assert broken["status"] == "not run" and "smoke.json status 'failed': boom" in broken["reason"]
     with pytest.raises(NpuportError, match="in600-out8-c1 needs 608 tokens, more than engine.max_model_len 512"):

@@ -57,6 +57,7 @@ STAGES = (
     "compare",
     "layers",
     "bench",
+    "accuracy",
 )
 NPU_SMI = DATA / "npu-smi" / "910b3-8npu-vllm-ascend-3024.txt"
 NASTY = (
@@ -99,6 +100,7 @@ def declared_inputs(directory: Path) -> dict:
         "compare.json",
         "layers.json",
         "bench.json",
+        "accuracy.json",
     )
     declared = {name.removesuffix(".json"): str(directory / name) for name in files}
     return declared | {"benchmarks": [str(directory / "benchmarks" / f"{stage}.tsv") for stage in STAGES]}
@@ -404,6 +406,7 @@ def test_conclusion_rows_follow_the_artifacts(real):
         "layers",
         "bench_held",
         "bench_regression",
+        "accuracy",
     )
     assert set(conclusion(report)) == {check_label("en", c) for c in kept + GATE_NAMES}
     assert row_status(report, "engine") == (PASSED if smoke["status"] == "ok" else FAILED)
@@ -595,6 +598,38 @@ def test_bench_rows_follow_bench_json(tmp_path, language):
     assert row_status(report, "bench_held", language) == FAILED
     assert "3 failed and 0 truncated" in row_detail(report, "bench_held", language)
     assert "29 / 32 (3 failed)" in report.markdown
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_accuracy_row_and_table_follow_accuracy_json(tmp_path, language):
+    """§5.7 and the conclusion's accuracy row read accuracy.json: the recorded gate (passed), the same gate over
+    an engine run that lost answers (failed, and the report fails), and accuracy switched off (not measured,
+    overall status untouched)."""
+    from npuport.accuracy.gate import accuracy_check
+
+    directory = artifact_set(tmp_path)
+    accuracy = load(directory, "accuracy.json")
+    _, report = render(directory, language)
+    assert row_status(report, "accuracy", language) == PASSED
+    tasks = report.table_with(5, label(language, "col.mdd"))
+    assert [r[label(language, "col.task")] for r in tasks] == [v["task"] for v in accuracy["check"]["tasks"]]
+    assert accuracy["engine"]["command"].split(" --model_args")[0] in report.markdown
+    engine = json.loads(json.dumps(accuracy["engine"]))
+    for sample in engine["tasks"]["npuport_tiny_gen"]["samples"][:20]:
+        sample["correct"] = 0  # twenty answers lost
+    check = accuracy_check(engine_run=engine, reference_run=accuracy["reference"], alpha=0.05, max_drop=5)
+    save(directory, "accuracy.json", accuracy | {"check": check, "status": check["status"], "reason": check["reason"]})
+    _, report = render(directory, language)
+    assert row_status(report, "accuracy", language) == FAILED
+    assert "npuport_tiny_gen" in row_detail(report, "accuracy", language)
+    assert load(directory, "report.json")["status"] == FAILED
+    off = {"status": "not run", "reason": "accuracy.enabled is false in the pipeline config"}
+    check = accuracy_check(engine_run=off, reference_run=off)
+    settings = accuracy["settings"] | {"enabled": False}
+    save(directory, "accuracy.json", accuracy | {"settings": settings, "check": check, "status": check["status"]})
+    _, report = render(directory, language)
+    assert row_status(report, "accuracy", language) == NOT_MEASURED
+    assert load(directory, "report.json")["status"] == PASSED
 
 
 def npu_env(directory: Path) -> dict:
@@ -1239,6 +1274,8 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
     # the engine's capture is not part of the recorded set (the report never reads it): an empty stand-in
     (workdir / "results" / MODEL / "capture").mkdir()
     (workdir / "results" / MODEL / "dumps").mkdir()
+    for kept in ("bench", "accuracy/engine", "accuracy/reference"):  # the stages' directories beside their JSON
+        (workdir / "results" / MODEL / kept).mkdir(parents=True)
     # mark the copied artifacts up to date, so only the report rules have work to do
     run_snakemake(
         workdir,
@@ -1247,6 +1284,7 @@ def test_report_rules_and_snakemake_html_report(tmp_path):
         f"results/{MODEL}/env.json",
         f"results/{MODEL}/layers.json",
         f"results/{MODEL}/bench.json",
+        f"results/{MODEL}/accuracy.json",
     )
     assert planned_rules(workdir) == {"report_model": 1, "report_index": 1, "report": 1}
     run_snakemake(workdir, "report")

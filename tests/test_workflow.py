@@ -19,8 +19,10 @@ from npuport.weights.ternary import is_quantized_linear
 
 pytestmark = pytest.mark.e2e
 
-DOWNSTREAM_OF_FUSE = {"fuse", "smoke", "baseline", "compare", "layers", "report_model", "report_index", "report"}
-DOWNSTREAM_OF_ENGINES = {"smoke", "baseline", "compare", "layers", "report_model", "report_index", "report"}
+DOWNSTREAM_OF_FUSE = {"fuse", "smoke", "baseline", "compare", "layers", "bench", "accuracy", "report_model",
+                      "report_index", "report"}  # fmt: skip
+DOWNSTREAM_OF_ENGINES = {"smoke", "baseline", "compare", "layers", "bench", "accuracy", "report_model",
+                         "report_index", "report"}  # fmt: skip
 WRONG_FIELDS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"}
 
 
@@ -50,9 +52,14 @@ def test_every_artifact_produced(default_run):
         "smoke.json",
         "baseline.json",
         "compare.json",
+        "bench.json",
+        "accuracy.json",
+        "accuracy/engine/run.json",
+        "accuracy/reference/run.json",
+        "accuracy/reference/lm_eval/results.json",
     ):
         assert (model / rel).is_file(), rel
-    for rule in ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare"):
+    for rule in PER_MODEL_RULES - {"report_model"}:
         assert (model / "benchmarks" / f"{rule}.tsv").is_file(), rule
         assert (default_run / "logs" / "tiny-bitcpm" / f"{rule}.log").is_file(), rule
     assert (default_run / "results" / "report.md").is_file()
@@ -140,7 +147,7 @@ def test_reference_uses_every_core_snakemake_gives_it(default_run):
 
 
 def test_serve_check_ran_and_agreed(default_run):
-    serve = _json(default_run, "smoke.json")["serve"]
+    serve = _json(default_run, "bench.json")["serve"]
     assert serve["status"] == "ok", serve.get("reason")
     assert serve["all_text_equal_offline"] is True
     assert "vllm.entrypoints.openai.api_server" in " ".join(serve["command_ran"])
@@ -149,6 +156,23 @@ def test_serve_check_ran_and_agreed(default_run):
     assert all(p["latency_s"] > 0 and p["prompt_tokens_equal_offline"] for p in serve["prompts"])
     assert serve["shutdown"]["processes_left"] is False
     assert not group_alive(serve["shutdown"]["pgid"])  # no orphan server left behind
+
+
+def test_bench_and_accuracy_ran_on_the_one_server(default_run):
+    """The default run's bench stage: one server start for the serve check, the engine's accuracy tasks and the
+    ladder; the accuracy stage gated the engine's run against the reference's (lm-eval hf)."""
+    bench = _json(default_run, "bench.json")
+    assert bench["status"] == "ok", bench["reason"]
+    assert bench["held"]["status"] == "passed" and bench["efficiency"]["status"] == "measured"
+    assert [p["concurrency"] for p in bench["points"]] == [1, 4, 16]
+    assert bench["accuracy"]["status"] == "ok" and bench["accuracy"]["backend"] == "local-completions"
+    log = (default_run / "logs" / "tiny-bitcpm" / "bench.log").read_text(encoding="utf-8")
+    assert log.count("npuport.engines.serve_check: server: ") == 1
+    accuracy = _json(default_run, "accuracy.json")
+    assert accuracy["status"] == "passed", accuracy["reason"]
+    assert accuracy["engine"]["backend"] == "local-completions" and accuracy["reference"]["backend"] == "hf"
+    for verdict in accuracy["check"]["tasks"]:
+        assert verdict["status"] == "passed" and verdict["n"] >= 60
 
 
 def test_second_run_has_nothing_to_do(default_run):

@@ -9,9 +9,11 @@ rule bench:
             if config["bench"]["baseline"]
             else []
         ),
+        tasks=accuracy_task_files,
     output:
         bench=ARTIFACTS["bench"],
         results=directory(ARTIFACTS["bench_results"]),
+        accuracy=directory(ARTIFACTS["accuracy_engine"]),
     log:
         log_file("bench"),
     benchmark:
@@ -28,6 +30,8 @@ rule bench:
         generation=config["generation"],
         serve=config["serve"],
         bench=config["bench"],
+        accuracy=config["accuracy"],
+        include_path=accuracy_include_path(),
         trust_remote_code=model_field("trust_remote_code", False),
         code=script_code("bench"),
     script:

@@ -29,6 +29,9 @@ ARTIFACTS = {
     "dumps": f"{RESULTS}/dumps",
     "bench": f"{RESULTS}/bench.json",
     "bench_results": f"{RESULTS}/bench",
+    "accuracy_engine": f"{RESULTS}/accuracy/engine",
+    "accuracy": f"{RESULTS}/accuracy.json",
+    "accuracy_reference": f"{RESULTS}/accuracy/reference",
     "report": f"{RESULTS}/report.md",
     "plots": f"{RESULTS}/plots",
     "summary": f"{RESULTS}/report.json",
@@ -89,6 +92,25 @@ def local_source_files(wildcards):
     )
 
 
+def accuracy_include_path():
+    """The folder of lm-eval task YAMLs (accuracy.include_path) relative to the workflow, or None."""
+    path = config["accuracy"]["include_path"]
+    return None if path is None else str(Path(workflow.basedir) / path)
+
+
+def accuracy_task_files(wildcards):
+    """Input function: the files of accuracy.include_path, so editing a shipped task reruns both sides."""
+    path = config["accuracy"]["include_path"]
+    if path is None:
+        return []
+    root = Path(workflow.basedir) / path
+    return sorted(
+        os.path.relpath(p, workflow.basedir)
+        for p in root.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    )
+
+
 def accelerator(kind):
     """Resource amount of the engine stages: 1 of the configured accelerator kind, else 0."""
     return 1 if ACCELERATOR == kind else 0
@@ -125,6 +147,7 @@ REPORTED_STAGES = [
     "compare",
     "layers",
     "bench",
+    "accuracy",
 ]
 
 

@@ -11,6 +11,7 @@ rule report_model:
         compare=rules.compare.output[0],
         layers=rules.layers.output.layers,
         bench=rules.bench.output.bench,
+        accuracy=rules.accuracy.output.accuracy,
         benchmarks=[getattr(rules, stage).benchmark for stage in REPORTED_STAGES],
     output:
         report=report(

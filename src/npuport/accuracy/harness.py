@@ -163,6 +163,7 @@ def run_tasks(
     include_path: str | Path | None = None,
     output_dir: str | Path | None = None,
     threads: int | None = None,
+    published_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run lm-eval's ``simple_evaluate`` on ``tasks`` (task, group or tag names) with backend ``model`` ("hf",
     "local-completions", ...) and record the outcome as a JSON-safe document.
@@ -172,7 +173,8 @@ def run_tasks(
     few-shot sampler, like ``lm_eval --seed N``. ``output_dir``: where lm-eval's results.json and one
     samples_<task>.jsonl per task go (lm-eval's formats, fixed names). ``threads``: torch's intra-op threads
     during the run (the ``hf`` backend; on a shared host torch's default of one per core is several times
-    slower), restored afterwards. Returns ``{"status": "ok" | "failed" |
+    slower), restored afterwards. ``published_dir``: where ``output_dir`` ends up when it is a staging directory,
+    as the recorded command names it. Returns ``{"status": "ok" | "failed" |
     "not run", "reason", "backend", "command", "lm_eval_version", "wall_s", "tasks": {task: {"status",
     "reason", "metric", "filter", "score", "stderr", "n", "samples": [{"doc_id", "correct"}]}}, "results"}``.
     """
@@ -181,7 +183,8 @@ def run_tasks(
     doc: dict[str, Any] = {
         "status": "not run", "reason": None, "backend": model, "lm_eval_version": None, "wall_s": None,
         "command": lm_eval_command(model=model, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot,
-                                   limit=limit, seed=seed, include_path=include_path, output_dir=output_dir),
+                                   limit=limit, seed=seed, include_path=include_path,
+                                   output_dir=Path(published_dir) if published_dir else output_dir),
         "tasks": {}, "results": {},
     }  # fmt: skip
     started = time.monotonic()

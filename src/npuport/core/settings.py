@@ -293,6 +293,7 @@ class EngineSettings(Settings):
     gpu_memory_utilization: float
     enforce_eager: bool
     tensor_parallel_size: int
+    in_process: bool
     seed: int
 
 

@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from npuport.accuracy.accuracy import AccuracySettings, engine_side
+from npuport.accuracy.accuracy import not_run as accuracy_not_run
 from npuport.core.errors import NpuportError
 from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings, Settings
 from npuport.engines.bandwidth import decode_bytes, select_bandwidth
@@ -337,9 +339,12 @@ def regression_check(
 # --- the stage ------------------------------------------------------------------------------------------------------
 
 
-def not_run_reason(settings: BenchSettings, smoke: dict[str, Any]) -> str | None:
-    if not settings.enabled:
-        return "bench.enabled is false in the pipeline config"
+def not_run_reason(
+    settings: BenchSettings, smoke: dict[str, Any], *, serve: ServeSettings, accuracy: AccuracySettings | None
+) -> str | None:
+    """Why no server starts: nothing to do on it (serve check, accuracy and ladder all off), or no offline run."""
+    if not (settings.enabled or serve.enabled or (accuracy and accuracy.enabled)):
+        return "serve.enabled, accuracy.enabled and bench.enabled are false in the pipeline config"
     if smoke.get("status") != "ok":
         return f"the offline engine did not run (smoke.json status {smoke.get('status')!r}: {smoke.get('reason')})"
     left = (smoke.get("engine_shutdown") or {}).get("engine_processes_left")
@@ -384,7 +389,8 @@ def base_document(
         "vllm_serve_command": vllm_serve_command(model_dir, engine, trust_remote_code),
         "server": None, "serve": dict(not_run), "points": [],
         "held": dict(not_run, status="not measured"), "efficiency": dict(not_run, status="not measured"),
-        "regression": dict(not_run, status="not measured"), "wall_seconds": None,
+        "regression": dict(not_run, status="not measured"), "accuracy": accuracy_not_run("the bench stage did not run"),
+        "wall_seconds": None,
     }  # fmt: skip
 
 
@@ -403,19 +409,25 @@ def run_bench(
     trust_remote_code: bool = False,
     server_log: str | Path | None = None,
     published_dir: str | Path | None = None,
+    accuracy: AccuracySettings | None = None,
+    accuracy_dir: str | Path | None = None,
+    include_path: str | Path | None = None,
+    accuracy_published: str | Path | None = None,
 ) -> dict[str, Any]:
     """The bench.json document: the serve check and the ladder on one server, then the three checks. vLLM's own
     result JSON of each point is written to ``result_dir`` (``<point>.json``). ``baseline``: the earlier bench.json
     (read from ``baseline_path``, else bench.baseline names it) of the regression gate. ``published_dir``: where
-    ``result_dir`` ends up (a staging directory is published there), as the recorded commands name it."""
+    ``result_dir`` ends up (a staging directory is published there), as the recorded commands name it.
+    ``accuracy``: the lm-eval tasks run on the same server between the serve check and the ladder (the engine's side
+    of the accuracy stage), lm-eval's output into ``accuracy_dir``; its run document is bench.json's "accuracy"."""
     started = time.perf_counter()
     model_dir = Path(model_dir).resolve()
     doc = base_document(model_dir, smoke, engine=engine, serve=serve, settings=settings,
                         trust_remote_code=trust_remote_code)  # fmt: skip
-    why = not_run_reason(settings, smoke)
+    why = not_run_reason(settings, smoke, serve=serve, accuracy=accuracy)
     if why:
         log.warning("bench: not run: %s", why)
-        return doc | {"reason": why, "serve": {"status": "not run", "reason": why}}
+        return doc | {"reason": why, "serve": {"status": "not run", "reason": why}, "accuracy": accuracy_not_run(why)}
     points = ladder(settings)
     check_points_fit(points, engine.max_model_len)
     port = free_port(serve.host)
@@ -427,16 +439,51 @@ def run_bench(
         check = (check_prompts(server, offline, generation=generation, serve=serve) if serve.enabled
                  else {"status": "not run", "reason": "serve.enabled is false in the pipeline config", "prompts": [],
                        "all_text_equal_offline": None})  # fmt: skip
-        if server.ready:
+        doc["accuracy"] = on_server_accuracy(
+            server,
+            model_dir=model_dir,
+            settings=accuracy,
+            engine=engine,
+            serve=serve,
+            include_path=include_path,
+            output_dir=accuracy_dir,
+            published_dir=accuracy_published,
+        )
+        if server.ready and settings.enabled:
             results = run_ladder(server, points, settings=settings, tokenizer=model_dir, result_dir=Path(result_dir),
                                  published_dir=Path(published_dir) if published_dir else None)  # fmt: skip
         exited = server.exited()
-    if not server.ready:
+    if not server.ready and settings.enabled:
         results = [PointResult(p, "not run", f"the server did not get ready: {server.failure}") for p in points]
     doc["server"] = server.record() | {"exited_before_shutdown": exited}
     doc["serve"] = serve_document(server, check, vllm_serve_command=doc["vllm_serve_command"])
     return conclude(doc, server, results, model_dir=model_dir, env=env, engine=engine, settings=settings,
                     baseline=baseline, baseline_path=baseline_path or settings.baseline, started=started)  # fmt: skip
+
+
+def on_server_accuracy(
+    server: Server,
+    *,
+    model_dir: Path,
+    settings: AccuracySettings | None,
+    engine: EngineSettings,
+    serve: ServeSettings,
+    include_path: str | Path | None,
+    output_dir: str | Path | None,
+    published_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The accuracy stage's engine side on this server (npuport.accuracy.accuracy.engine_side), or why not."""
+    if settings is None or not settings.enabled:
+        return accuracy_not_run("accuracy.enabled is false in the pipeline config")
+    if not server.ready:
+        return accuracy_not_run(f"the server did not get ready: {server.failure}")
+    if output_dir is None:
+        raise ValueError("accuracy_dir is required when accuracy is enabled")
+    return engine_side(base_url=server.url, served_model=str(server.served_model), model_dir=model_dir,
+                       settings=settings, include_path=Path(include_path) if include_path else None,
+                       max_length=engine.max_model_len, output_dir=Path(output_dir),
+                       timeout_s=serve.request_timeout_s,
+                       published_dir=Path(published_dir) if published_dir else None)  # fmt: skip
 
 
 def conclude(
@@ -456,6 +503,8 @@ def conclude(
     doc["status"], doc["reason"] = stage_status(server, results)
     doc["points"] = [r.as_dict() for r in results]
     doc["held"] = held_check(results)
+    if not settings.enabled:
+        doc["held"]["reason"] = "bench.enabled is false in the pipeline config: no ladder ran"
     doc["efficiency"] = efficiency_check(results, model_dir=model_dir, engine=engine, env=env, settings=settings)
     doc["regression"] = regression_check(doc["points"], baseline, path=baseline_path, min_ratio=settings.min_ratio)
     doc["wall_seconds"] = time.perf_counter() - started

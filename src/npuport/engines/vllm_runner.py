@@ -6,6 +6,7 @@ CPU backend) and ``VllmRunner.platform`` says which one actually ran.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib.metadata
@@ -37,6 +38,7 @@ METRICS_TIMING = {
     "tpot_s": "vLLM RequestOutput.metrics: (last_token_ts - first_token_ts) / (num_tokens - 1)",
 }
 INSECURE_SERIALIZATION = "VLLM_ALLOW_INSECURE_SERIALIZATION"
+MULTIPROCESSING = "VLLM_ENABLE_V1_MULTIPROCESSING"
 CAPTURE_METHOD = (
     "forward hooks registered through LLM.apply_model in the engine's workers: the final norm's output and "
     "the model's own compute_logits on it, at every position of each segment"
@@ -76,7 +78,8 @@ class VllmRunner:
         self.shutdown: dict[str, Any] | None = None
         self._llm = None
         self._before: tuple[set[int], float] = (set(), 0.0)
-        self._saved_env: str | None = None
+        self._saved_env: dict[str, str | None] = {}
+        self._started: dict[int, float] = {}
 
     @property
     def started(self) -> bool:
@@ -88,24 +91,29 @@ class VllmRunner:
         self._before = engine_children(), host_available_gib()
         # capture() sends functions to this engine's workers (LLM.apply_model): vLLM allows that only when this is
         # set as its processes start; it is put back on exit, so the serve check's server does not inherit it
-        self._saved_env = os.environ.get(INSECURE_SERIALIZATION)
+        self._saved_env = {key: os.environ.get(key) for key in (INSECURE_SERIALIZATION, MULTIPROCESSING)}
         os.environ[INSECURE_SERIALIZATION] = "1"
+        if in_process(self.settings):  # vLLM reads it when the engine is built: the engine core in this process
+            os.environ[MULTIPROCESSING] = "0"
         log.info("starting vLLM %s on %s", self.versions["version"], self.model_dir)
         start = time.perf_counter()
         self._llm = LLM(model=str(self.model_dir), trust_remote_code=self.trust_remote_code, disable_log_stats=False,
                         **engine_kwargs(self.settings))  # fmt: skip
         self.load_s = time.perf_counter() - start
+        # the engine's processes as started: one that outlives its parent is reparented and no child of ours any more
+        self._started = started_processes(engine_children() - self._before[0])
         log.info("engine started in %.1f s", self.load_s)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if self._llm is not None:
             llm, self._llm = self._llm, None
-            self.shutdown = shut_down(llm, *self._before)
-        if self._saved_env is None:
-            os.environ.pop(INSECURE_SERIALIZATION, None)
-        else:
-            os.environ[INSECURE_SERIALIZATION] = self._saved_env
+            self.shutdown = shut_down(llm, *self._before, started=self._started)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
     @property
     def platform(self) -> dict[str, Any]:
@@ -240,9 +248,17 @@ def platform_info() -> dict[str, Any]:
     return info
 
 
+def in_process(engine: EngineSettings) -> bool:
+    """Whether the offline engine runs in this process (engine.in_process; vLLM's "uni" executor needs one device)."""
+    return engine.in_process and engine.tensor_parallel_size == 1
+
+
 def engine_kwargs(engine: EngineSettings) -> dict[str, Any]:
     """The engine settings as keyword arguments of vLLM's ``LLM``."""
-    return engine.as_dict()
+    kwargs = {key: value for key, value in engine.as_dict().items() if key != "in_process"}
+    if in_process(engine):
+        kwargs["distributed_executor_backend"] = "uni"
+    return kwargs
 
 
 def token_logprobs(completion, k: int) -> tuple[list[float | None], list[list[list]]]:
@@ -352,6 +368,19 @@ def engine_children() -> set[int]:
     return {child.pid for child in psutil.Process().children(recursive=True)}
 
 
+def started_processes(pids: set[int]) -> dict[int, float]:
+    """pid -> creation time of each running process of ``pids`` (a pid reused later has another)."""
+    import psutil
+
+    found = {}
+    for pid in pids:
+        try:
+            found[pid] = psutil.Process(pid).create_time()
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def is_python_helper(process) -> bool:
     """multiprocessing's resource tracker / forkserver: they live as long as this process and hold no engine."""
     import psutil
@@ -369,8 +398,11 @@ def host_available_gib() -> float:
     return psutil.virtual_memory().available / GIB
 
 
-def shut_down(llm, children_before: set[int], available_before: float) -> dict[str, Any]:
-    """Stop the offline engine and check its processes are gone (their memory goes with them)."""
+def shut_down(
+    llm, children_before: set[int], available_before: float, *, started: dict[int, float] | None = None
+) -> dict[str, Any]:
+    """Stop the offline engine and check its processes are gone (their memory goes with them): this process's new
+    children, and every process the engine had started (``started``: pid -> creation time), orphans included."""
     import psutil
 
     try:
@@ -386,13 +418,20 @@ def shut_down(llm, children_before: set[int], available_before: float) -> dict[s
     except Exception:  # noqa: BLE001,S110 - older vLLM lacks it; processes are checked below anyway
         pass
     new = []
-    for pid in engine_children() - children_before:
+    for pid in (engine_children() - children_before) | set(started or {}):
         try:
-            new.append(psutil.Process(pid))
+            process = psutil.Process(pid)
+            if pid not in (started or {}) or process.create_time() == started[pid]:
+                new.append(process)
         except psutil.NoSuchProcess:
             pass
     engine = [p for p in new if not is_python_helper(p)]
     _, alive = psutil.wait_procs(engine, timeout=CHILD_EXIT_TIMEOUT_S)
+    for process in alive:  # reported below as left; killed so that no engine outlives the stage
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    if alive:
+        log.warning("engine processes left after shutdown, killed: %s", sorted(p.pid for p in alive))
     return {
         "method": "LLM.llm_engine.engine_core.shutdown(), del, gc, vllm cleanup_dist_env_and_memory",
         "engine_processes_left": sorted(p.pid for p in alive),

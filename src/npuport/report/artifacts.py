@@ -93,6 +93,7 @@ class Artifacts:
     compare: Doc
     layers: Doc
     bench: Doc
+    accuracy: Doc
 
     def raw(self) -> dict[str, dict | None]:
         """Artifact key -> its object as loaded, None where absent."""

@@ -44,6 +44,7 @@ class ReportInputs:
     compare: Path
     layers: Path  # layers.json; its content may be "not measured" (the report says so)
     bench: Path  # bench.json: the serve check and the load ladder
+    accuracy: Path  # accuracy.json: the lm-eval tasks on both sides and their gate
     benchmarks: tuple[Path, ...] = ()
 
     @classmethod
@@ -79,6 +80,7 @@ class ReportInputs:
             "compare": self.compare,
             "layers": self.layers,
             "bench": self.bench,
+            "accuracy": self.accuracy,
         }
 
     def directory(self) -> str:

@@ -38,6 +38,7 @@ from npuport.report.sections import (
     runtime_issues,
     serving,
     statistics,
+    task_accuracy,
     verification,
 )
 from npuport.report.verdicts import NOT_MEASURED, SYMBOLS, overall_status, verdicts
@@ -65,6 +66,7 @@ def template_context(r: ReportContext, plot_links: dict[str, str]) -> dict[str, 
         "statistics": statistics.statistics(r),
         "layers": layers.layers(r),
         "serving": serving.serving(r),
+        "task_accuracy": task_accuracy.task_accuracy(r),
         "plots": {name: md_image(r.t("plot." + name), link) for name, link in plot_links.items()},
         "issues": issues,
         "fixes": fixes.fixes(issues),

@@ -238,6 +238,27 @@ def bench_regression_verdict(t: Translate, bench) -> Verdict:
     return Verdict("bench_regression", NOT_MEASURED, join(reason), evidence, optional=optional)
 
 
+def accuracy_verdict(t: Translate, accuracy) -> Verdict:
+    """The lm-eval tasks: the engine not significantly worse than the reference and within accuracy.max_drop
+    (accuracy.json: check). Switched off in the config, it leaves the overall status alone."""
+    evidence = "accuracy.json: check.status, check.tasks[]"
+    if not isinstance(accuracy, dict):
+        return Verdict("accuracy", NOT_MEASURED, t("why.artifact_missing", artifact="accuracy.json"), evidence)
+    check = dig(accuracy, "check", default={})
+    status = check.get("status")
+    tasks = [v for v in check.get("tasks") or [] if isinstance(v, dict)]
+    if status in (PASSED, FAILED):
+        shown = "; ".join(
+            t("detail.accuracy_task", task=code(v.get("task")), engine=format_value(dig(v, "engine", "score")),
+              reference=format_value(dig(v, "reference", "score")), n=v.get("n", "?"))
+            for v in tasks if v.get("status") in (PASSED, FAILED)
+        )  # fmt: skip
+        return Verdict("accuracy", status, join(shown, check.get("reason")), evidence)
+    reason = check.get("reason") or accuracy.get("reason") or t("word.no_reason")
+    disabled = dig(accuracy, "settings", "enabled") is False
+    return Verdict("accuracy", NOT_MEASURED, join(reason), evidence, optional=disabled)
+
+
 def _seconds(value) -> str:
     return f"{value:.1f} s" if isinstance(value, int | float) else "?"
 
@@ -368,6 +389,7 @@ def verdicts(t: Translate, artifacts: Artifacts) -> list[Verdict]:
         layers_verdict(t, docs["layers"]),
         bench_held_verdict(t, bench),
         bench_regression_verdict(t, bench),
+        accuracy_verdict(t, docs["accuracy"]),
     ]
 
 
