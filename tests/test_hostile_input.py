@@ -2,7 +2,7 @@
 
 Every crafted file is built here, in a temporary directory. The CLI cases run ``python -m npuport`` in a
 subprocess and check: exit code 1, stderr exactly one line naming the file and the problem, no traceback,
-peak RSS (wait4) bounded, and for the destructive cases every original file still there byte for byte.
+peak RSS (the child's own VmHWM) bounded, and for the destructive cases every original file still there byte for byte.
 The property-based tests feed mutations of valid headers, indexes and config.json to the library in-process.
 """
 
@@ -19,7 +19,7 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
+import textwrap
 import zipfile
 import zlib
 from pathlib import Path
@@ -49,25 +49,44 @@ RSS_SEEN: dict[str, int] = {}
 # --- helpers ---------------------------------------------------------------------------------------------------
 
 
+# `python -m npuport ARGS` that writes its own peak RSS (VmHWM: this process image only) to the file named by
+# NPUPORT_TEST_PEAK when it exits. wait4's ru_maxrss would not do: a child inherits the peak of the process that
+# forked it, and the test process may have held an engine of many GB earlier (the in-process vLLM engine).
+PEAK_REPORTING_CLI = textwrap.dedent("""
+    import atexit, os, re, sys
+
+    def report():
+        status = open("/proc/self/status", encoding="ascii").read()
+        kib = re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)
+        open(os.environ["NPUPORT_TEST_PEAK"], "w").write(kib)
+
+    atexit.register(report)
+    from npuport.__main__ import main
+
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> tuple[int, str, str, int]:
-    """(exit code, stdout, stderr, peak RSS in bytes) of ``python -m npuport ARGS`` (RSS from wait4: this child
-    only). A run past ``timeout`` (a FIFO read would block forever) is killed and fails the test."""
-    out_path, err_path = (Path(os.environ.get("TMPDIR", "/tmp")) / f"npuport-cli-{os.getpid()}-{n}" for n in "oe")
+    """(exit code, stdout, stderr, peak RSS in bytes) of ``python -m npuport ARGS`` (the child's own VmHWM).
+    A run past ``timeout`` (a FIFO read would block forever) is killed and fails the test."""
+    base = Path(os.environ.get("TMPDIR", "/tmp")) / f"npuport-cli-{os.getpid()}"
+    out_path, err_path, peak_path = (base.with_name(f"{base.name}-{n}") for n in "oep")
+    env = os.environ | {"NPUPORT_TEST_PEAK": str(peak_path)}
     with open(out_path, "w+") as out, open(err_path, "w+") as err:
-        process = subprocess.Popen([sys.executable, "-m", "npuport", *args], cwd=cwd, stdout=out, stderr=err)
-        deadline = time.monotonic() + timeout
-        while (waited := os.wait4(process.pid, os.WNOHANG))[0] == 0:
-            if time.monotonic() > deadline:
-                process.kill()
-                os.wait4(process.pid, 0)
-                pytest.fail(f"npuport {' '.join(args)} still running after {timeout} s")
-            time.sleep(0.05)
-        process.returncode = os.waitstatus_to_exitcode(waited[1])
+        process = subprocess.Popen([sys.executable, "-c", PEAK_REPORTING_CLI, *args], cwd=cwd, stdout=out,
+                                   stderr=err, env=env)  # fmt: skip
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            pytest.fail(f"npuport {' '.join(args)} still running after {timeout} s")
         out.seek(0)
         err.seek(0)
-        result = process.returncode, out.read(), err.read(), waited[2].ru_maxrss * 1024
-    out_path.unlink()
-    err_path.unlink()
+        result = process.returncode, out.read(), err.read(), int(peak_path.read_text()) * 1024
+    for path in (out_path, err_path, peak_path):
+        path.unlink()
     return result
 
 

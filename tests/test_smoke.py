@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -235,3 +239,36 @@ def test_serve_check_that_cannot_start_fails_and_leaves_no_process(tiny_model, t
     assert "exited" in result["reason"]
     assert any("max_model_len" in line for line in result["log_tail"])
     assert result["shutdown"]["processes_left"] is False and not group_alive(result["shutdown"]["pgid"])
+
+
+def test_an_orphaned_engine_process_is_found_killed_and_reported(monkeypatch):
+    """A worker whose parent died is reparented away from this process: shut_down still finds it by the pids the
+    engine had started (pid and creation time), kills it and reports it as left."""
+    import psutil
+
+    from npuport.engines import vllm_runner
+    from npuport.engines.vllm_runner import engine_children, host_available_gib, shut_down, started_processes
+
+    monkeypatch.setattr(vllm_runner, "CHILD_EXIT_TIMEOUT_S", 1)  # how long shutdown waits for it to exit by itself
+
+    # a child that starts a grandchild and exits at once: the grandchild is an orphan, as a worker whose engine
+    # core died would be
+    spawner = subprocess.run(
+        [sys.executable, "-c", "import subprocess, sys; "
+         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'], start_new_session=True, "
+         "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+         "print(p.pid)"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    orphan = int(spawner.stdout)
+    try:
+        assert orphan not in engine_children()  # no child of ours: the children check alone would miss it
+        report = shut_down(object(), engine_children(), host_available_gib(), started=started_processes({orphan}))
+        assert report["engine_processes_left"] == [orphan] and report["released"] is False
+        deadline = time.monotonic() + 10
+        while psutil.pid_exists(orphan) and psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE:
+            assert time.monotonic() < deadline, "the orphan was not killed"
+            time.sleep(0.1)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(orphan, signal.SIGKILL)

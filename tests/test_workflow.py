@@ -201,7 +201,7 @@ def test_group_size_change_reruns_fuse_and_downstream_only(default_run, tmp_path
 
 def test_baseline_threads_setting_reruns_the_baseline_with_that_many(default_run, tmp_path):
     args = [*_with_config(default_run, tmp_path, lambda t: t.replace("  # threads: 2", "  threads: 3")), "--cores", "4"]
-    assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_ENGINES - {"smoke", "layers"}
+    assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_ENGINES - {"smoke", "layers", "bench"}
     plan = run_snakemake(default_run, "-n", "report", *args).stdout
     for rule in ("baseline", "compare"):  # Snakemake prints a job's threads when there is more than one
         job = plan.split(f"rule {rule}:", 1)[1].split("[", 1)[0]

@@ -93,9 +93,9 @@ def local_source_files(wildcards):
 
 
 def accuracy_include_path():
-    """The folder of lm-eval task YAMLs (accuracy.include_path) relative to the workflow, or None."""
-    path = config["accuracy"]["include_path"]
-    return None if path is None else str(Path(workflow.basedir) / path)
+    """Params value: the folder of lm-eval task YAMLs (accuracy.include_path), relative to the workflow directory
+    where the scripts run (a moved checkout is not a changed param), or None."""
+    return config["accuracy"]["include_path"]
 
 
 def accuracy_task_files(wildcards):

@@ -6,9 +6,10 @@ log-likelihoods come from ``echo`` + ``logprobs`` on /v1/completions and generat
 Both sides encode with the model's Hugging Face tokenizer with its special tokens (``add_bos_token``), so they
 score the same token sequences.
 
-Datasets are read offline: HF_DATASETS_OFFLINE and HF_HUB_OFFLINE default to 1 (set when this module is imported,
-so import it before ``datasets``). A task whose dataset is not available offline is recorded as not run; the other
-tasks still run. Nothing here raises for an lm-eval failure: it is recorded in the returned document.
+Datasets are read offline: HF_DATASETS_OFFLINE and HF_HUB_OFFLINE default to 1 while a run imports and uses
+lm-eval (``offline_env``; a value the user set is kept, and the process's environment is restored afterwards, so
+nothing started later inherits them). A task whose dataset is not available offline is recorded as not run; the
+other tasks still run. Nothing here raises for an lm-eval failure: it is recorded in the returned document.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from npuport.core.errors import one_line
 
 log = logging.getLogger(__name__)
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
+OFFLINE_ENV = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
 # Sample-statistic stderr of mean metrics is closed-form; bootstrap only serves other aggregations.
 BOOTSTRAP_ITERS = 1000
 OFFLINE_HINT = (
@@ -188,6 +187,17 @@ def run_tasks(
         "tasks": {}, "results": {},
     }  # fmt: skip
     started = time.monotonic()
+    with offline_env():
+        doc = _run(doc, model=model, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                   seed=seed, include_path=include_path, output_dir=output_dir, threads=threads)  # fmt: skip
+    doc["wall_s"] = round(time.monotonic() - started, 3)
+    log.info("lm-eval %s on %s: %s in %.1f s", model, ",".join(tasks), doc["status"], doc["wall_s"])
+    return doc
+
+
+def _run(doc: dict[str, Any], *, model, model_args, tasks, num_fewshot, limit, seed, include_path, output_dir,
+         threads) -> dict[str, Any]:  # fmt: skip
+    """run_tasks' work, offline: import lm-eval, index and load the tasks, evaluate those that loaded."""
     try:
         import lm_eval
     except ImportError as exc:
@@ -209,9 +219,24 @@ def run_tasks(
         doc["reason"] = doc["reason"] or (skipped and f"not run: {skipped}") or None
     else:
         doc |= {"tasks": not_run, "reason": f"no task could be loaded: {skipped}"}
-    doc["wall_s"] = round(time.monotonic() - started, 3)
-    log.info("lm-eval %s on %s: %s in %.1f s", model, ",".join(tasks), doc["status"], doc["wall_s"])
     return doc
+
+
+@contextlib.contextmanager
+def offline_env() -> Iterator[None]:
+    """HF_DATASETS_OFFLINE and HF_HUB_OFFLINE set to 1 inside the block unless already set (datasets and
+    huggingface_hub read them when first imported, which happens inside it), restored afterwards."""
+    saved = {key: os.environ.get(key) for key in OFFLINE_ENV}
+    for key in OFFLINE_ENV:
+        os.environ.setdefault(key, "1")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @contextlib.contextmanager

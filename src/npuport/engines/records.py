@@ -303,8 +303,9 @@ def redirect_fds(path: str | Path, append: bool = True) -> Iterator[Path]:
     """Send file descriptors 1 and 2 to ``path`` (this process and every process it starts meanwhile).
 
     sys.stdout/sys.stderr are pointed at the new fds too, since they may not write to fd 1/2
-    (pytest's capture, for one). The streams made here never close the fds, so a logging handler
-    that picked one up keeps writing to whatever fd 1/2 are later.
+    (pytest's capture, for one), and so are the logging handlers that write to the old ones (an in-process
+    engine logs through a handler made when vLLM was imported). The streams made here never close the fds, so a
+    logging handler that picked one up keeps writing to whatever fd 1/2 are later.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,15 +318,29 @@ def redirect_fds(path: str | Path, append: bool = True) -> Iterator[Path]:
         os.dup2(fd, 2)
         sys.stdout = open(1, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
         sys.stderr = open(2, "w", encoding="utf-8", errors="replace", buffering=1, closefd=False)  # noqa: SIM115
+        moved = _point_handlers({saved_streams[0]: sys.stdout, saved_streams[1]: sys.stderr})
         yield path
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+        for handler, stream in moved:
+            handler.setStream(stream)
         sys.stdout, sys.stderr = saved_streams
         os.dup2(saved_fds[0], 1)
         os.dup2(saved_fds[1], 2)
         for f in (fd, *saved_fds):
             os.close(f)
+
+
+def _point_handlers(streams: dict) -> list[tuple[logging.StreamHandler, object]]:
+    """Point every logging StreamHandler that writes to a key of ``streams`` at its value; (handler, old stream)
+    of each one moved."""
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    moved = []
+    for handler in {h for logger in loggers for h in getattr(logger, "handlers", [])}:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in streams:
+            moved.append((handler, handler.setStream(streams[handler.stream])))
+    return moved
 
 
 @contextlib.contextmanager
