@@ -8,10 +8,11 @@ from scratch (nothing reused); with --workdir a completed run in DIR is read. Pr
 - per stage (Snakemake's benchmark files, results/<model>/benchmarks/<rule>.tsv): wall seconds, CPU seconds and
   max RSS; wall - CPU is what the stage spent waiting (on 2 cores a stage can also use more CPU than wall);
 - the run's wall time, from Snakemake's log (its start to its last line, 1 s resolution);
-- inside `smoke`: the phases between its job start (Snakemake's log) and the timestamped lines npuport and vLLM
-  write to logs/<model>/smoke.log: imports and preparation, engine construction (vLLM's profiling and KV cache
-  sizing inside), the warm-up request, the measured requests, the captures, the offline engine's shutdown,
-  the serve check (server start, requests, stop), and what follows until the job ends.
+- inside the two engine stages, the phases between the job's start (Snakemake's log) and the timestamped lines
+  npuport writes to logs/<model>/<stage>.log: in `smoke` imports and preparation, engine construction (vLLM's
+  profiling and KV cache sizing inside), the warm-up request, the measured requests, the captures, the offline
+  engine's shutdown; in `bench` imports, the server start (until /health answers), the serve check, the engine's
+  accuracy tasks (lm-eval), the load ladder, the server's shutdown; and what follows until each job ends.
 """
 
 from __future__ import annotations
@@ -28,17 +29,26 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare", "layers",
-          "report_model", "report_index")  # fmt: skip
-# smoke.log lines that end a phase (npuport's own messages, and vLLM's first shutdown line), in order.
-PHASES = (
-    ("imports, tokenizer, evaluation plan", re.compile(r"npuport\.engines\.vllm_runner: starting vLLM")),
-    ("engine construction (load, profiling, KV cache)", re.compile(r"npuport\.engines\.vllm_runner: engine started")),
-    ("warm-up request", re.compile(r"npuport\.engines\.records: warm-up:")),
-    ("measured requests (one at a time, then the batch)", re.compile(r"npuport\.engines\.smoke: throughput:")),
-    ("captures (evaluation logits, layer points)", re.compile(r"npuport\.engines\.smoke: captured the engine at")),
-    ("offline engine shutdown", re.compile(r"npuport\.engines\.serve_check: serve check: /")),
-    ("serve check (server start, requests, stop)", re.compile(r"npuport\.engines\.serve_check: serve check: \w")),
-)
+          "bench", "accuracy", "report_model", "report_index")  # fmt: skip
+# Per engine stage, the log lines that end a phase (npuport's own messages), in order.
+PHASES = {
+    "smoke": (
+        ("imports, tokenizer, evaluation plan", re.compile(r"npuport\.engines\.vllm_runner: starting vLLM")),
+        ("engine construction (load, profiling, KV cache)", re.compile(r"vllm_runner: engine started")),
+        ("warm-up request", re.compile(r"npuport\.engines\.records: warm-up:")),
+        ("measured requests (one at a time, then the batch)", re.compile(r"npuport\.engines\.smoke: throughput:")),
+        ("captures (evaluation logits, layer points)", re.compile(r"npuport\.engines\.smoke: captured the engine at")),
+        ("offline engine shutdown", re.compile(r"npuport\.engines\.vllm_runner: engine shut down")),
+    ),
+    "bench": (
+        ("imports", re.compile(r"npuport\.engines\.serve_check: server: ")),
+        ("server start (until /health answers)", re.compile(r"npuport\.engines\.serve_check: server ready")),
+        ("serve check (the prompts again)", re.compile(r"npuport\.engines\.serve_check: serve check: \d+ served")),
+        ("accuracy tasks, engine side (lm-eval)", re.compile(r"npuport\.accuracy\.harness: lm-eval ")),
+        ("load ladder (vllm bench serve)", re.compile(r"npuport\.engines\.serve_check: stopping the server")),
+        ("server shutdown", re.compile(r"npuport\.engines\.serve_check: serve check: (ok|failed)")),
+    ),
+}
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 JOB_START = re.compile(
     r"^\[(\w{3} \w{3} +\d+ \d\d:\d\d:\d\d \d{4})\]\n(?:local)?rule (\w+):\n"
@@ -91,25 +101,25 @@ def run_wall(log: str) -> float:
     return (snakemake_time(SNAKEMAKE_STAMP.findall(log)[-1]) - start).total_seconds()
 
 
-def smoke_phases(workdir: Path, model: str, log: str, smoke_wall: float) -> list[tuple[str, float]]:
-    """(phase, seconds) inside the smoke job; the job's start has 1 s resolution."""
-    starts = [snakemake_time(t) for t, rule, m in JOB_START.findall(log) if rule == "smoke" and m == model]
+def stage_phases(workdir: Path, model: str, log: str, stage: str, wall: float) -> list[tuple[str, float]]:
+    """(phase, seconds) inside the ``stage`` job; the job's start has 1 s resolution."""
+    starts = [snakemake_time(t) for t, rule, m in JOB_START.findall(log) if rule == stage and m == model]
     if not starts:
-        raise SystemExit(f"no smoke job for model {model} in Snakemake's log")
+        raise SystemExit(f"no {stage} job for model {model} in Snakemake's log")
     stamps = []
-    for line in (workdir / "logs" / model / "smoke.log").read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in (workdir / "logs" / model / f"{stage}.log").read_text(encoding="utf-8", errors="replace").splitlines():
         found = STAMP.match(line)
         if found:
             stamps.append((datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f"), line))
     phases, previous = [], starts[0]
-    for name, pattern in PHASES:
+    for name, pattern in PHASES[stage]:
         hit = next((when for when, line in stamps if when >= previous and pattern.search(line)), None)
         if hit is None:
             phases.append((name, float("nan")))
             continue
         phases.append((name, (hit - previous).total_seconds()))
         previous = hit
-    phases.append(("writing smoke.json, exit", (starts[0] - previous).total_seconds() + smoke_wall))
+    phases.append((f"writing {stage}.json, exit", (starts[0] - previous).total_seconds() + wall))
     return phases
 
 
@@ -134,13 +144,14 @@ def main() -> None:
     print(f"| sum of stages | {total:.1f} | {sum(r[2] for r in rows):.1f} | | |")
     here = f"; measured here {measured:.1f} s" if measured else ""
     print(f"\nrun wall (Snakemake's log): {run_wall(log):.0f} s{here}")
-    smoke_wall = next((r[1] for r in rows if r[0] == "smoke"), None)
-    if smoke_wall is None:
-        return
-    print(f"\n| inside smoke ({smoke_wall:.1f} s) | s |")
-    print("|---|---:|")
-    for name, seconds in smoke_phases(workdir, args.model, log, smoke_wall):
-        print(f"| {name} | {seconds:.1f} |")
+    for stage in PHASES:
+        wall = next((r[1] for r in rows if r[0] == stage), None)
+        if wall is None:
+            continue
+        print(f"\n| inside {stage} ({wall:.1f} s) | s |")
+        print("|---|---:|")
+        for name, seconds in stage_phases(workdir, args.model, log, stage, wall):
+            print(f"| {name} | {seconds:.1f} |")
 
 
 if __name__ == "__main__":

@@ -255,6 +255,7 @@ def served(
             yield server
         finally:
             if server.proc is not None:
+                log.info("stopping the server")
                 server.known_processes |= descendants(server.proc.pid)
                 server.shutdown = stop_group(server.proc, server.known_processes)
             server.log_tail = tail_lines(path)
@@ -272,6 +273,7 @@ def start_server(server: Server, path: Path, serve: ServeSettings) -> None:
             server.startup_seconds = time.perf_counter() - started
             models = http_json(server.url + "/v1/models", None, serve.request_timeout_s)
             server.served_model = models["data"][0]["id"]
+            log.info("server ready after %.1f s", server.startup_seconds)
             server.known_processes |= descendants(server.proc.pid)  # the engine processes, while they are its children
     except (OSError, urllib.error.URLError, KeyError, IndexError, TypeError, ValueError) as exc:
         server.failure = f"{type(exc).__name__}: {exc}"
@@ -385,6 +387,7 @@ def check_prompts(
         result["reason"] = f"served text differs from the offline text for prompt(s) {differ} of {len(offline)}"
         return result
     result["status"] = "ok"
+    log.info("serve check: %d served answers equal the offline text", len(result["prompts"]))
     return result
 
 

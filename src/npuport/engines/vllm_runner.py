@@ -108,7 +108,9 @@ class VllmRunner:
     def __exit__(self, *exc_info: object) -> None:
         if self._llm is not None:
             llm, self._llm = self._llm, None
+            stopping = time.perf_counter()
             self.shutdown = shut_down(llm, *self._before, started=self._started)
+            log.info("engine shut down in %.1f s", time.perf_counter() - stopping)
         for key, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
