@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare", "layers",
-          "bench", "accuracy", "report_model", "report_index")  # fmt: skip
+          "bench", "accuracy_reference", "accuracy", "report_model", "report_index")  # fmt: skip
 # Per engine stage, the log lines that end a phase (npuport's own messages), in order.
 PHASES = {
     "smoke": (

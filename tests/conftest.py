@@ -25,7 +25,7 @@ SCENARIOS = tuple(sorted(p.parent.name for p in (REPO / ".test").glob("*/config.
 # The rules with one job per model (report_index and report: one per run).
 PER_MODEL_RULES = frozenset(
     ("download", "introspect", "repair_config", "fuse", "env_probe", "smoke", "baseline", "compare", "layers",
-     "bench", "accuracy", "report_model")
+     "bench", "accuracy_reference", "accuracy", "report_model")
 )  # fmt: skip
 
 

@@ -57,6 +57,7 @@ STAGES = (
     "compare",
     "layers",
     "bench",
+    "accuracy_reference",
     "accuracy",
 )
 NPU_SMI = DATA / "npu-smi" / "910b3-8npu-vllm-ascend-3024.txt"

@@ -41,7 +41,8 @@ EXPECTED_LIMITS = {
     "compare": ("02:00:00", "4000M"),
     "layers": ("02:00:00", "4000M"),
     "bench": ("02:00:00", "10000M"),
-    "accuracy": ("02:00:00", "8000M"),
+    "accuracy_reference": ("02:00:00", "8000M"),
+    "accuracy": ("00:30:00", "2000M"),
     "report_model": ("00:30:00", "2000M"),
     "report_index": ("00:30:00", "2000M"),
 }

@@ -19,8 +19,8 @@ from npuport.weights.ternary import is_quantized_linear
 
 pytestmark = pytest.mark.e2e
 
-DOWNSTREAM_OF_FUSE = {"fuse", "smoke", "baseline", "compare", "layers", "bench", "accuracy", "report_model",
-                      "report_index", "report"}  # fmt: skip
+DOWNSTREAM_OF_FUSE = {"fuse", "smoke", "baseline", "compare", "layers", "bench", "accuracy_reference", "accuracy",
+                      "report_model", "report_index", "report"}  # fmt: skip
 DOWNSTREAM_OF_ENGINES = {"smoke", "baseline", "compare", "layers", "bench", "accuracy", "report_model",
                          "report_index", "report"}  # fmt: skip
 WRONG_FIELDS = {"hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"}
@@ -201,9 +201,10 @@ def test_group_size_change_reruns_fuse_and_downstream_only(default_run, tmp_path
 
 def test_baseline_threads_setting_reruns_the_baseline_with_that_many(default_run, tmp_path):
     args = [*_with_config(default_run, tmp_path, lambda t: t.replace("  # threads: 2", "  threads: 3")), "--cores", "4"]
-    assert set(planned_rules(default_run, *args)) == DOWNSTREAM_OF_ENGINES - {"smoke", "layers", "bench"}
+    reference_side = DOWNSTREAM_OF_ENGINES - {"smoke", "layers", "bench"} | {"accuracy_reference"}
+    assert set(planned_rules(default_run, *args)) == reference_side
     plan = run_snakemake(default_run, "-n", "report", *args).stdout
-    for rule in ("baseline", "compare"):  # Snakemake prints a job's threads when there is more than one
+    for rule in ("baseline", "compare", "accuracy_reference"):  # Snakemake prints a job's threads when more than one
         job = plan.split(f"rule {rule}:", 1)[1].split("[", 1)[0]
         assert re.search(r"^\s+threads: 3$", job, re.M), job
 

@@ -1,15 +1,13 @@
-rule accuracy:
+rule accuracy_reference:
     input:
         model=rules.fuse.output[0],
-        engine=rules.bench.output.accuracy,
         tasks=accuracy_task_files,
     output:
-        accuracy=ARTIFACTS["accuracy"],
-        reference=directory(ARTIFACTS["accuracy_reference"]),
+        directory(ARTIFACTS["accuracy_reference"]),
     log:
-        log_file("accuracy"),
+        log_file("accuracy_reference"),
     benchmark:
-        benchmark_file("accuracy")
+        benchmark_file("accuracy_reference")
     conda:
         "../../envs/cpu.yaml"
     threads: reference_threads
@@ -28,6 +26,25 @@ rule accuracy:
         max_model_len=lambda wildcards: model_section(
             config, wildcards.model, "engine"
         )["max_model_len"],
+        code=script_code("accuracy_reference"),
+    script:
+        "../scripts/accuracy_reference.py"
+
+
+rule accuracy:
+    input:
+        engine=rules.bench.output.accuracy,
+        reference=rules.accuracy_reference.output[0],
+    output:
+        ARTIFACTS["accuracy"],
+    log:
+        log_file("accuracy"),
+    benchmark:
+        benchmark_file("accuracy")
+    conda:
+        "../../envs/cpu.yaml"
+    params:
+        accuracy=config["accuracy"],
         code=script_code("accuracy"),
     script:
         "../scripts/accuracy.py"

@@ -147,6 +147,7 @@ REPORTED_STAGES = [
     "compare",
     "layers",
     "bench",
+    "accuracy_reference",
     "accuracy",
 ]
 

@@ -11,7 +11,7 @@ rule report_model:
         compare=rules.compare.output[0],
         layers=rules.layers.output.layers,
         bench=rules.bench.output.bench,
-        accuracy=rules.accuracy.output.accuracy,
+        accuracy=rules.accuracy.output[0],
         benchmarks=[getattr(rules, stage).benchmark for stage in REPORTED_STAGES],
     output:
         report=report(

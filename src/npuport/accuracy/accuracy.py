@@ -1,9 +1,10 @@
 """The `accuracy` stage: the same lm-eval tasks on both sides and the paired gate (accuracy.json).
 
 The engine's side runs inside the `bench` stage, on its server (``engine_side``: lm-eval ``local-completions``
-against vLLM's OpenAI server, the one server start of the model's run); this stage runs the reference's side with
-lm-eval's ``hf`` backend (transformers at ``compare.reference_dtype``) with the same tasks, few-shot, seed and limit,
-then gates the engine per task against it (npuport.accuracy.gate).
+against vLLM's OpenAI server, the one server start of the model's run); the reference's side in the
+`accuracy_reference` stage (npuport.accuracy.accuracy_reference: lm-eval's ``hf`` backend, transformers at
+``compare.reference_dtype``, the same tasks, few-shot, seed and limit), which needs only the fused model and so runs
+beside the engine stages. This stage gates the engine per task against the reference (npuport.accuracy.gate).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from npuport.accuracy.gate import accuracy_check
-from npuport.accuracy.harness import hf_model_args, run_tasks, server_model_args
+from npuport.accuracy.harness import run_tasks, server_model_args
 from npuport.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,53 +71,15 @@ def engine_side(
                      **settings.task_args(include_path))  # fmt: skip
 
 
-def reference_side(
-    model_dir: Path,
-    *,
-    settings: AccuracySettings,
-    include_path: Path | None,
-    dtype: str,
-    device: str,
-    threads: int | None,
-    max_length: int,
-    output_dir: Path,
-    published_dir: Path | None = None,
-) -> dict[str, Any]:
-    """The tasks on transformers (lm-eval ``hf``) at ``dtype``."""
-    args = hf_model_args(model_dir=model_dir, dtype=dtype, device=device, batch_size=settings.batch_size,
-                         max_length=max_length)  # fmt: skip
-    return run_tasks(model="hf", model_args=args, output_dir=output_dir / LM_EVAL_DIR, threads=threads,
-                     published_dir=published_dir / LM_EVAL_DIR if published_dir else None,
-                     **settings.task_args(include_path))  # fmt: skip
-
-
 def run_accuracy(
-    model_dir: str | Path,
-    *,
-    engine_run: dict[str, Any] | None,
-    settings: AccuracySettings,
-    include_path: Path | None,
-    dtype: str,
-    device: str,
-    threads: int | None,
-    max_length: int,
-    output_dir: Path,
-    published_dir: Path | None = None,
+    *, engine_run: dict[str, Any] | None, reference_run: dict[str, Any] | None, settings: AccuracySettings
 ) -> dict[str, Any]:
-    """accuracy.json: both sides' runs (scores, lm-eval's results, per-sample correctness) and the gate. The
-    reference runs only when the engine's side ran, so a skipped engine costs nothing."""
-    engine_run = engine_run or not_run("the bench stage recorded no engine run")
-    doc: dict[str, Any] = {"stage": "accuracy", "settings": settings.as_dict(), "engine": engine_run,
-                           "reference": not_run("the engine's side did not run"),
-                           "reference_settings": {"backend": "hf", "dtype": dtype, "device": device,
-                                                  "threads": threads}}  # fmt: skip
-    if not settings.enabled:
-        reason = "accuracy.enabled is false in the pipeline config"
-        doc["reference"] = not_run(reason)
-    elif engine_run.get("status") != "not run" or engine_run.get("tasks"):
-        doc["reference"] = reference_side(Path(model_dir), settings=settings, include_path=include_path,
-                                          dtype=dtype, device=device, threads=threads, max_length=max_length,
-                                          output_dir=output_dir, published_dir=published_dir)  # fmt: skip
+    """accuracy.json: both sides' runs (scores, lm-eval's results, per-sample correctness) and the gate."""
+    doc: dict[str, Any] = {
+        "stage": "accuracy", "settings": settings.as_dict(),
+        "engine": engine_run or not_run("the bench stage recorded no engine run"),
+        "reference": reference_run or not_run("the accuracy_reference stage recorded no run"),
+    }  # fmt: skip
     doc["check"] = accuracy_check(engine_run=doc["engine"], reference_run=doc["reference"], alpha=settings.alpha,
                                   max_drop=settings.max_drop)  # fmt: skip
     doc["status"], doc["reason"] = doc["check"]["status"], doc["check"].get("reason")
