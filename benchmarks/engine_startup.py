@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.model_dir, args.child == "true")))
         return 0
-    print("| engine.in_process | imports s | construction s | warm-up s | request s | shutdown s | total s | left |")
+    print(
+        "| engine.in_process | imports s | construction s (vLLM import in it) | warm-up s | request s | shutdown s "
+        "| total s | left |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     for _ in range(args.repeat):
         for in_process in ("false", "true"):

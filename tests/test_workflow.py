@@ -338,6 +338,12 @@ def test_engine_failure_of_one_model_does_not_stop_the_other(default_run, tmp_pa
     assert {c["check"]: c["status"] for c in bad_report["checks"]}["engine"] == "failed"
     good = json.loads((results / "tiny-bitcpm" / "smoke.json").read_text())
     assert good["status"] == "ok"
+    # no server for the model whose engine failed; the other model's bench and accuracy stand
+    bad_bench = json.loads((results / "bad-engine" / "bench.json").read_text())
+    assert bad_bench["status"] == "not run" and "smoke.json status 'failed'" in bad_bench["reason"]
+    assert json.loads((results / "bad-engine" / "accuracy.json").read_text())["status"] == "not measured"
+    assert json.loads((results / "tiny-bitcpm" / "bench.json").read_text())["status"] == "ok"
+    assert json.loads((results / "tiny-bitcpm" / "accuracy.json").read_text())["status"] == "passed"
     assert json.loads((results / "tiny-bitcpm" / "compare.json").read_text())["status"] == "passed"
     index = (results / "report.md").read_text(encoding="utf-8")
     assert "tiny-bitcpm/report.md" in index and "bad-engine/report.md" in index
