@@ -27,8 +27,6 @@ RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 TASKS = RESOURCES / "tasks"
 MODEL_DIR = RESOURCES / "tiny-bitcpm"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
-# The sign of layer 1's MLP output flipped: measured MC acc 1.0 -> 0.875, gen exact_match 1.0 -> 0.14.
-BROKEN_FACTOR = -1.0
 
 
 # ---------------------------------------------------------------- statistics, by hand
@@ -198,24 +196,6 @@ def test_a_task_without_its_dataset_offline_is_recorded_not_run(fused, tmp_path)
     assert doc["status"] == "ok" and doc["tasks"]["npuport_tiny_mc"]["status"] == "ok"
     assert doc["tasks"]["hub_only"]["status"] == "not run"
     assert "not available offline" in doc["tasks"]["hub_only"]["reason"] and "hub_only" in doc["reason"]
-
-
-def test_the_same_model_in_memory_passes_and_a_broken_one_fails(fused, reference_run):
-    _, model, tokenizer = fused
-    same = run(harness.hf_model_args(model=model, tokenizer=tokenizer))
-    for name, task in same["tasks"].items():
-        assert [s["doc_id"] for s in task["samples"]] == [s["doc_id"] for s in reference_run["tasks"][name]["samples"]]
-    assert accuracy_check(engine_run=same, reference_run=reference_run)["status"] == "passed"
-
-    hook = model.model.layers[1].mlp.register_forward_hook(lambda _module, _args, output: output * BROKEN_FACTOR)
-    try:
-        broken = run(harness.hf_model_args(model=model, tokenizer=tokenizer))
-    finally:
-        hook.remove()
-    check = accuracy_check(engine_run=broken, reference_run=reference_run, alpha=0.05, max_drop=10)
-    assert check["status"] == "failed", check["reason"]
-    verdicts = {v["task"]: v for v in check["tasks"]}
-    assert all(v["status"] == "failed" and v["p_value"] < 0.01 for v in verdicts.values()), verdicts
 
 
 # ---------------------------------------------------------------- the engine's side, on a real vLLM server

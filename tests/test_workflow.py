@@ -297,26 +297,31 @@ def test_perturbed_reference_weights_fail_the_floor_gates(default_run, tmp_path)
     assert failed["eval_mean_kld"]["value"] >= 2 * failed["eval_mean_kld"]["limit"]
 
 
-def test_workflow_completes_when_vllm_is_unavailable(workflow_copy):
+def test_workflow_completes_when_vllm_is_unavailable(default_run, tmp_path):
     """No importable vLLM: smoke says "not run" with the reason, and everything after it still completes.
-    Scenario .test/engine-unavailable: its shim/ first on PYTHONPATH, where `import vllm` raises."""
-    config = scenario_config("engine-unavailable", workflow_copy)
+    Scenario .test/engine-unavailable (its shim/ first on PYTHONPATH, where `import vllm` raises), on a copy of the
+    default run with smoke forced: what smoke feeds reruns, what it does not (baseline) stays the default run's."""
+    workdir = shutil.copytree(default_run, tmp_path / "wf", symlinks=True)
+    config = scenario_config("engine-unavailable", workdir)
     shim = config.parent / "shim"
     assert "vllm is blocked by the test" in (shim / "vllm" / "__init__.py").read_text()
-    args = ["report", "--configfile", str(config.relative_to(workflow_copy))]
-    run_snakemake(workflow_copy, *args, env={"PYTHONPATH": str(shim)})
-    smoke = _json(workflow_copy, "smoke.json")
+    args = ["report", "--configfile", str(config.relative_to(workdir)), "--forcerun", "smoke"]
+    run_snakemake(workdir, *args, env={"PYTHONPATH": str(shim)})
+    smoke = _json(workdir, "smoke.json")
     assert smoke["status"] == "not run"
     assert "vllm is blocked by the test" in smoke["reason"]
-    assert _json(workflow_copy, "baseline.json")["status"] == "ok"
-    compare_doc = _json(workflow_copy, "compare.json")
+    assert _json(workdir, "baseline.json")["status"] == "ok"
+    compare_doc = _json(workdir, "compare.json")
     assert compare_doc["status"] == "not measured"
     assert "smoke status not run" in compare_doc["reason"]
-    checks = {c["check"]: c for c in _json(workflow_copy, "report.json")["checks"]}
+    bench = _json(workdir, "bench.json")
+    assert bench["status"] == "not run" and "vllm is blocked by the test" in bench["reason"]
+    assert _json(workdir, "accuracy.json")["status"] == "not measured"
+    checks = {c["check"]: c for c in _json(workdir, "report.json")["checks"]}
     assert checks["engine"]["status"] == "not measured"
     assert checks["npu"]["status"] == "not measured"
-    assert "passed" not in {checks[name]["status"] for name in ("engine", "serve")}
-    assert "vllm is blocked by the test" in (workflow_copy / "results" / "tiny-bitcpm" / "report.md").read_text()
+    assert "passed" not in {checks[name]["status"] for name in ("engine", "serve", "bench_held", "accuracy")}
+    assert "vllm is blocked by the test" in (workdir / "results" / "tiny-bitcpm" / "report.md").read_text()
 
 
 def test_engine_failure_of_one_model_does_not_stop_the_other(default_run, tmp_path):
