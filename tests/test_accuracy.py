@@ -214,21 +214,14 @@ def faulty_server(fused, tmp_path_factory):
     argv = api_server_argv(fused[0], engine, host="127.0.0.1", port=port)
     argv += ["--worker-extension-cls", "fault_injection.WorkerFaults"]
     tests = str(Path(__file__).resolve().parent)
-    saved = {key: os.environ.get(key) for key in ("PYTHONPATH", "VLLM_SERVER_DEV_MODE")}
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [tests, saved["PYTHONPATH"]]))
-    os.environ["VLLM_SERVER_DEV_MODE"] = "1"  # the server's /collective_rpc route
-    try:
-        serve = ServeSettings.from_config({})
-        log = tmp_path_factory.mktemp("server") / "server.log"
+    serve = ServeSettings.from_config({})
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with pytest.MonkeyPatch.context() as env:  # the server's environment, restored after
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+        env.setenv("VLLM_SERVER_DEV_MODE", "1")  # the server's /collective_rpc route
         with served(argv, url=f"http://127.0.0.1:{port}", serve=serve, log_path=log) as server:
             assert server.ready, (server.failure, server.log_tail)
             yield server, engine
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def rpc(server, method: str, *args: str) -> dict:
