@@ -18,6 +18,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# The KV cache of the tests' engines (engine.kv_cache_memory_bytes): the same on every host. A share of host RAM
+# (gpu_memory_utilization) less the test process's own memory comes out negative on a host with less memory.
+TEST_KV_CACHE_BYTES = 64 * 2**20
 # What a workflow copy needs; results/, logs/ and .snakemake/ start empty.
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources", "profiles", "envs", ".test")
 # Integration scenarios (.test/<name>/config.yaml, see .test/README.md).

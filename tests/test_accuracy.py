@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TEST_KV_CACHE_BYTES
 
 from npuport.accuracy import harness
 from npuport.accuracy.gate import (
@@ -209,7 +210,7 @@ def faulty_server(fused, tmp_path_factory):
     from npuport.core.settings import EngineSettings, ServeSettings
     from npuport.engines.serve_check import api_server_argv, free_port, served
 
-    engine = EngineSettings.from_config({"gpu_memory_utilization": 0.05})
+    engine = EngineSettings.from_config({"kv_cache_memory_bytes": TEST_KV_CACHE_BYTES})
     port = free_port("127.0.0.1")
     argv = api_server_argv(fused[0], engine, host="127.0.0.1", port=port)
     argv += ["--worker-extension-cls", "fault_injection.WorkerFaults"]

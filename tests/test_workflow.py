@@ -138,6 +138,13 @@ def test_engine_run_is_labelled_cpu(default_run):
     assert smoke["engine"]["name"] == "vllm"
 
 
+def test_kv_cache_capacity_agrees_with_the_engine_log(default_run):
+    """The stage's process starts one engine, so vLLM's once-per-process "KV cache size" line is in its log."""
+    kv = _json(default_run, "smoke.json")["kv_cache"]
+    assert kv["tokens"] == kv["num_blocks"] * kv["block_size"] > 0
+    assert kv["log_tokens"] == kv["tokens"] and "KV cache size" in kv["log_tokens_line"]
+
+
 def test_reference_uses_every_core_snakemake_gives_it(default_run):
     # baseline.threads unset: every usable core, capped at the --cores 2 of run_snakemake
     threads = min(2, len(os.sched_getaffinity(0)))

@@ -291,6 +291,7 @@ class EngineSettings(Settings):
     max_model_len: int
     max_num_seqs: int
     gpu_memory_utilization: float
+    kv_cache_memory_bytes: int | None
     enforce_eager: bool
     tensor_parallel_size: int
     in_process: bool

@@ -4,8 +4,7 @@
 The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the module behind ``vllm serve``, same flags) in
 its own process group. ``served`` starts it, waits for /health and stops it by process group on every path (an
 exception inside the block included); processes it started that left the group and survive are found by their pid,
-killed and reported. The `bench` stage runs the check and its load ladder on one server (npuport.engines.bench);
-``run_serve_check`` is the check alone.
+killed and reported. The `bench` stage runs the check and its load ladder on one server (npuport.engines.bench).
 """
 
 from __future__ import annotations
@@ -47,6 +46,8 @@ def engine_flags(engine: EngineSettings, trust_remote_code: bool) -> list[str]:
         "--tensor-parallel-size", str(engine.tensor_parallel_size),
         "--seed", str(engine.seed),
     ]  # fmt: skip
+    if engine.kv_cache_memory_bytes is not None:
+        flags += ["--kv-cache-memory-bytes", str(engine.kv_cache_memory_bytes)]
     if engine.enforce_eager:
         flags.append("--enforce-eager")
     if trust_remote_code:
@@ -403,22 +404,3 @@ def serve_document(server: Server, check: dict[str, Any], *, vllm_serve_command:
         doc["reason"] = " ".join(filter(None, [doc["reason"], f"server processes left after shutdown: {left}"]))
     log.info("serve check: %s%s", doc["status"], f" ({doc['reason']})" if doc["reason"] else "")
     return doc
-
-
-def run_serve_check(
-    model_dir: str | Path,
-    *,
-    engine: EngineSettings,
-    generation: GenerationSettings,
-    serve: ServeSettings,
-    offline_prompts: Sequence[OfflineAnswer],
-    trust_remote_code: bool = False,
-    log_path: str | Path | None = None,
-) -> dict[str, Any]:
-    """Serve the model, ask every prompt of ``offline_prompts``, compare with the offline text, stop the server."""
-    model_dir = Path(model_dir).resolve()
-    port = free_port(serve.host)
-    argv = api_server_argv(model_dir, engine, host=serve.host, port=port, trust_remote_code=trust_remote_code)
-    with served(argv, url=f"http://{serve.host}:{port}", serve=serve, log_path=log_path) as server:
-        check = check_prompts(server, offline_prompts, generation=generation, serve=serve)
-    return serve_document(server, check, vllm_serve_command=vllm_serve_command(model_dir, engine, trust_remote_code))
