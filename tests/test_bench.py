@@ -1,10 +1,11 @@
 """The `bench` stage on the real vLLM server (CPU backend here) and vLLM's real serving benchmark, with the tiny random
 Llama of tests/test_smoke.py; the serve check's failure branches against real loopback server processes.
 
-Cost: one offline engine start (smoke.json for the serve check) and ONE server start, which serves the serve check
-and a tiny ladder (concurrency 1, 2, 4, 8; 16 tokens in, 8 out) and is killed (SIGKILL to its process group) during
-the concurrency-4 point, as an OOM kill would: the structure is asserted on the points before, the failure path on
-that point and the one after. Nothing here asserts a speed.
+Cost: one offline engine start (smoke.json for the serve check) and ONE server start, which serves the serve check,
+the shipped accuracy task and a tiny ladder (concurrency 1, 2, 4, 8; 16 tokens in, 32 out: long enough that the
+killer below lands while most of the point's requests are still open) and is killed (SIGKILL to its process group)
+during the concurrency-4 point, as an OOM kill would: the structure is asserted on the points before, the failure
+path on that point and the one after. Nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 import pytest
 from test_smoke import ENGINE, PROMPTS, build_tiny_llama, generation_settings
 
+from npuport.accuracy.accuracy import AccuracySettings
+from npuport.accuracy.accuracy_reference import run_accuracy_reference
+from npuport.accuracy.gate import accuracy_check
 from npuport.core.errors import NpuportError
 from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
 from npuport.engines.bandwidth import decode_bytes, nominal_bandwidth, select_bandwidth
@@ -48,9 +52,10 @@ from npuport.engines.smoke import run_smoke
 from npuport.env.env_probe import probe_environment
 from npuport.env.membw import measure_memory_bandwidth
 
-LADDER = {"input_len": [16], "output_len": [8], "concurrency": [1, 2, 4, 8], "num_prompts": 4,
+LADDER = {"input_len": [16], "output_len": [32], "concurrency": [1, 2, 4, 8], "num_prompts": 4,
           "prompts_per_concurrency": 4, "num_warmups": 1, "point_timeout_s": 120, "timeout_s": 600}  # fmt: skip
-KILLED_AT = "in16-out8-c4"  # the point during which the server is killed
+TASKS = Path(__file__).resolve().parents[1] / "resources" / "tasks"
+KILLED_AT = "in16-out32-c4"  # the point during which the server is killed
 WRONG_TEXT = "not what the offline engine said"
 
 
@@ -115,16 +120,18 @@ def smoke_doc(tiny_model) -> dict:
 
 @pytest.fixture(scope="module")
 def bench(tiny_model, smoke_doc, env_doc, tmp_path_factory) -> tuple[dict, Path]:
-    """The one server start: run_bench over LADDER, the server killed during KILLED_AT."""
+    """The one server start: the shipped accuracy task (the engine's side), then run_bench over LADDER, the server
+    killed during KILLED_AT."""
     out = tmp_path_factory.mktemp("bench-out")
     results, server_log = out / "bench", out / "server.log"
     stop = threading.Event()
-    killer = kill_during(results / "in16-out8-c2.json", server_log, stop)
+    killer = kill_during(results / "in16-out32-c2.json", server_log, stop)
     try:
         doc = run_bench(tiny_model, smoke=smoke_doc, env=env_doc, engine=EngineSettings.from_config(ENGINE),
                         generation=GenerationSettings.from_config(generation_settings()),
                         serve=ServeSettings.from_config({}), settings=BenchSettings.from_config(LADDER),
-                        result_dir=results, server_log=server_log)  # fmt: skip
+                        result_dir=results, server_log=server_log, accuracy=AccuracySettings.from_config({}),
+                        accuracy_dir=out / "accuracy", include_path=TASKS)  # fmt: skip
     finally:
         stop.set()
         killer.join(10)
@@ -138,12 +145,12 @@ def points(doc: dict) -> dict[str, dict]:
 
 def test_ladder_points_carry_vllms_own_figures(bench):
     doc, out = bench
-    assert list(points(doc)) == ["in16-out8-c1", "in16-out8-c2", "in16-out8-c4", "in16-out8-c8"]
-    for name in ("in16-out8-c1", "in16-out8-c2"):
+    assert list(points(doc)) == ["in16-out32-c1", "in16-out32-c2", "in16-out32-c4", "in16-out32-c8"]
+    for name in ("in16-out32-c1", "in16-out32-c2"):
         p = points(doc)[name]
         assert p["status"] == "ok", p["reason"]
         assert p["num_prompts"] == 4 * p["concurrency"] and p["completed"] == p["num_prompts"]
-        assert p["failed"] == 0 and p["truncated"] == 0 and p["total_output_tokens"] == 8 * p["num_prompts"]
+        assert p["failed"] == 0 and p["truncated"] == 0 and p["total_output_tokens"] == 32 * p["num_prompts"]
         for key in ("request_throughput", "output_throughput", "total_token_throughput", "tokens_per_user"):
             assert p[key] > 0
         for metric in ("ttft_ms", "tpot_ms", "itl_ms", "e2el_ms"):
@@ -154,7 +161,27 @@ def test_ladder_points_carry_vllms_own_figures(bench):
         kept = json.loads((out / p["result_file"]).read_text())  # vLLM's own result JSON, beside bench.json
         assert p["result_file"] == f"bench/{name}.json"
         assert kept["completed"] == p["completed"] and kept["output_throughput"] == p["output_throughput"]
-        assert kept["max_concurrency"] == p["concurrency"] and kept["output_lens"] == [8] * p["num_prompts"]
+        assert kept["max_concurrency"] == p["concurrency"] and kept["output_lens"] == [32] * p["num_prompts"]
+
+
+def test_the_accuracy_gate_passes_a_correct_engine_on_a_model_the_task_was_not_written_for(bench, tiny_model, tmp_path):
+    """The shipped task on the random tiny Llama: it answers no better than chance, on both sides alike, and the gate
+    compares the sides, so a correct engine passes here too (the failing case: tests/test_accuracy.py)."""
+    doc, _ = bench
+    settings = AccuracySettings.from_config({})
+    engine_run = doc["accuracy"]
+    assert engine_run["status"] == "ok", engine_run["reason"]
+    assert engine_run["command"].startswith("lm_eval --model local-completions")
+    reference_run = run_accuracy_reference(tiny_model, settings=settings, include_path=TASKS, dtype="float32",
+                                           device="cpu", threads=1, max_length=ENGINE["max_model_len"],
+                                           output_dir=tmp_path)  # fmt: skip
+    check = accuracy_check(engine_run=engine_run, reference_run=reference_run, alpha=settings.alpha,
+                           max_drop=settings.max_drop)  # fmt: skip
+    scores = {t: (v["engine"]["score"], v["reference"]["score"], v["p_value"]) for t, v in
+              ((v["task"], v) for v in check["tasks"])}  # fmt: skip
+    print(f"\nrandom tiny Llama, engine / reference / p: {scores}")
+    assert check["status"] == "passed", check["reason"]
+    assert reference_run["tasks"]["npuport_tiny_mc"]["score"] < 0.85  # the embedded model's floor in test_accuracy
 
 
 def test_bench_says_what_ran(bench, tiny_model):
@@ -171,9 +198,9 @@ def test_bench_says_what_ran(bench, tiny_model):
     assert eff["bandwidth"]["method"].startswith("numpy copy (STREAM Copy)")
     assert "% of the measured bandwidth bound" in eff["text"]
     row = eff["points"][0]
-    assert row["point"] == "in16-out8-c1" and row["decode_source"] == "1000 / mean TPOT (ms)"
+    assert row["point"] == "in16-out32-c1" and row["decode_source"] == "1000 / mean TPOT (ms)"
     assert row["percent_of_bound"] == pytest.approx(100 * row["decode_tokens_per_s"] / row["bound_tokens_per_s"])
-    assert row["bytes_per_token"]["context_tokens"] == 16 + 7 / 2
+    assert row["bytes_per_token"]["context_tokens"] == 16 + 31 / 2
     if eff["bandwidth"]["last_level_cache_bytes"]:  # a 100 kB model sits in the cache: the figure says so
         assert "fit in the" in eff["note"] and "memory bandwidth does not bound" in eff["note"]
     reg = doc["regression"]
@@ -193,7 +220,7 @@ def test_serve_check_on_the_bench_server(bench):
 
 def test_server_killed_mid_ladder_fails_the_stage_with_the_count(bench):
     doc, _ = bench
-    killed, after = points(doc)[KILLED_AT], points(doc)["in16-out8-c8"]
+    killed, after = points(doc)[KILLED_AT], points(doc)["in16-out32-c8"]
     assert killed["status"] == "failed" and killed["num_prompts"] == 16
     lost = killed["num_prompts"] - killed["completed"]
     assert lost >= 4 and killed["failed"] == lost and killed["errors"]  # killed after the 2nd of 16 requests began
@@ -202,7 +229,7 @@ def test_server_killed_mid_ladder_fails_the_stage_with_the_count(bench):
     assert doc["status"] == "failed" and "the server exited during the ladder (code -9)" in doc["reason"]
     held = doc["held"]
     assert held["status"] == "failed" and held["failed_requests"] == lost and held["truncated_requests"] == 0
-    assert set(held["points_not_ok"]) == {KILLED_AT, "in16-out8-c8"}
+    assert set(held["points_not_ok"]) == {KILLED_AT, "in16-out32-c8"}
     assert doc["server"]["exited_before_shutdown"] == -9
     assert doc["server"]["shutdown"]["all_gone"] and not group_alive(doc["server"]["shutdown"]["pgid"])
 
@@ -212,12 +239,12 @@ def test_regression_gate_against_an_earlier_bench_json(bench):
     same = regression_check(doc["points"], doc, path="earlier/bench.json", min_ratio=0.97)
     assert same["status"] == "passed" and same["baseline"] == "earlier/bench.json"
     ratios = {p["point"]: p["ratio"] for p in same["points"]}
-    assert ratios == {"in16-out8-c1": 1.0, "in16-out8-c2": 1.0, KILLED_AT: None, "in16-out8-c8": None}
+    assert ratios == {"in16-out32-c1": 1.0, "in16-out32-c2": 1.0, KILLED_AT: None, "in16-out32-c8": None}
     faster = copy.deepcopy(doc)
     for p in faster["points"]:
         p["output_throughput"] = (p.get("output_throughput") or 0) * 1.1  # the earlier run was 10 % faster
     slower = regression_check(doc["points"], faster, path="earlier/bench.json", min_ratio=0.97)
-    assert slower["status"] == "failed" and "in16-out8-c1" in slower["reason"]
+    assert slower["status"] == "failed" and "in16-out32-c1" in slower["reason"]
     assert all(p["passed"] is False for p in slower["points"] if p["ratio"] is not None)
     assert regression_check(doc["points"], faster, path="x", min_ratio=0.9)["status"] == "passed"
     other = regression_check(doc["points"], {"points": [{"input_len": 1024}]}, path="x", min_ratio=0.97)
@@ -243,7 +270,7 @@ def test_disabled_bench_starts_nothing(tiny_model, tmp_path):
     common["serve"] = ServeSettings.from_config({})
     broken = run_bench(tiny_model, smoke={"status": "failed", "reason": "boom"}, settings=bench_settings(), **common)
     assert broken["status"] == "not run" and "smoke.json status 'failed': boom" in broken["reason"]
-    with pytest.raises(NpuportError, match="in600-out8-c1 needs 608 tokens, more than engine.max_model_len 512"):
+    with pytest.raises(NpuportError, match="in600-out32-c1 needs 632 tokens, more than engine.max_model_len 512"):
         run_bench(tiny_model, smoke={"status": "ok"}, settings=bench_settings(input_len=[600]), **common)
 
 
