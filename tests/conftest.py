@@ -127,7 +127,7 @@ def default_run(tmp_path_factory):
 
 def pytest_collection_modifyitems(config, items):
     """The SLURM run first, then the other files with engine or end-to-end tests, then the quick ones. Under
-    pytest-xdist (`make test`: two workers, whole files each, in this order) the SLURM run, which mostly
+    pytest-xdist (`make test`: three workers, whole files each, in this order) the SLURM run, which mostly
     waits on the scheduler, overlaps the rest, and the quick files fill in at the end."""
     items.sort(key=lambda item: (item.path.name != "test_slurm.py", not _slow(item)))
 
