@@ -74,6 +74,12 @@ def reference_threads(wildcards):
     return threads or len(os.sched_getaffinity(0))
 
 
+def all_cores(wildcards):
+    """Threads of env_probe: every core of the run, so no other job shares the host while it measures the memory
+    bandwidth (a copy beside another job measures the two of them). Cluster profiles set their own."""
+    return workflow.cores
+
+
 def local_source_files(wildcards):
     """Input function: the files of a local source, so editing them reruns download."""
     source = model_entry(config, wildcards.model)["source"]

@@ -7,6 +7,7 @@ rule env_probe:
         benchmark_file("env_probe")
     conda:
         f"../../envs/{ENGINE_ENV}.yaml"
+    threads: all_cores
     resources:
         npu=accelerator("npu"),
         gpu=accelerator("gpu"),

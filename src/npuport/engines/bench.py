@@ -268,6 +268,12 @@ def efficiency_row(result: PointResult, model_dir: Path, engine: EngineSettings,
             f"The {read.total / 1e6:.1f} MB a decode step reads fit in the {cache >> 20} MiB last-level cache: "
             "memory bandwidth does not bound this model's decode, per-step overheads do."
         )
+    elif decode > bound:
+        note = (
+            f"The decode read {decode * read.total / 1e9:.1f} GB/s, more than the {bandwidth['kind']} "
+            f"{bandwidth['bytes_per_s'] / 1e9:.1f} GB/s: that figure understates this host's memory bandwidth (e.g. "
+            "measured while other work ran), so it bounds nothing and the percentage is no efficiency."
+        )
     return {"point": point.name, "decode_tokens_per_s": decode, "decode_source": "1000 / mean TPOT (ms)",
             "bytes_per_token": read.as_dict(), "bound_tokens_per_s": bound, "percent_of_bound": 100 * decode / bound,
             "achieved_bytes_per_s": decode * read.total, "note": note}  # fmt: skip
