@@ -3,7 +3,9 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-CORES ?= 4
+# The host's cores, not more: a --cores above them lets compare / layers / accuracy_reference run beside the stages that
+# measure speed (smoke, bench), and the measurements would share the host with them
+CORES ?= $(shell nproc 2>/dev/null || echo 4)
 # pytest-xdist workers, each taking whole test files: the engine and SLURM tests spend much of their time waiting
 TEST_WORKERS ?= 3
 comma := ,

@@ -76,7 +76,8 @@ def reference_threads(wildcards):
 
 def all_cores(wildcards):
     """Threads of env_probe: every core of the run, so no other job shares the host while it measures the memory
-    bandwidth (a copy beside another job measures the two of them). Cluster profiles set their own."""
+    bandwidth (a copy beside another job measures the two of them). Cluster profiles set their own.
+    """
     return workflow.cores
 
 
