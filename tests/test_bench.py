@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_accuracy import TASKS
 from test_smoke import ENGINE, PROMPTS, build_tiny_llama, generation_settings
 
 from npuport.accuracy.accuracy import AccuracySettings
@@ -54,7 +55,6 @@ from npuport.env.membw import measure_memory_bandwidth
 
 LADDER = {"input_len": [16], "output_len": [32], "concurrency": [1, 2, 4, 8], "num_prompts": 4,
           "prompts_per_concurrency": 4, "num_warmups": 1, "point_timeout_s": 120, "timeout_s": 600}  # fmt: skip
-TASKS = Path(__file__).resolve().parents[1] / "resources" / "tasks"
 KILLED_AT = "in16-out32-c4"  # the point during which the server is killed
 WRONG_TEXT = "not what the offline engine said"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 from checkpoint_factory import Arch, llama_state_dict, write_checkpoint
+from conftest import TEST_KV_CACHE_BYTES
 from minicpm_factory import GROUP_SIZE, MiniCPMArch, minicpm_state_dict, write_minicpm_checkpoint
 from safetensors.torch import load_file, save_file
 
@@ -407,35 +408,34 @@ def test_a_wrong_fold_is_caught(minicpm_dir, folded, tmp_path):
 # -- equivalence: vLLM ----------------------------------------------------------------------------------------
 
 ENGINE_SCRIPT = textwrap.dedent("""
-    import gc
     import json
     import os
     import sys
 
 
-    def run(model, trust_remote_code, prompts, max_tokens):
+    def run(model, trust_remote_code, prompts, max_tokens, kv_cache_bytes):
         from vllm import LLM, SamplingParams
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        from npuport.engines.vllm_runner import shut_down
 
         llm = LLM(model=model, trust_remote_code=trust_remote_code, dtype="float32", enforce_eager=True,
-                  kv_cache_memory_bytes=64 * 2**20, max_model_len=256, seed=0, distributed_executor_backend="uni")
+                  kv_cache_memory_bytes=kv_cache_bytes, max_model_len=256, seed=0, distributed_executor_backend="uni")
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=5, ignore_eos=True)
         outputs = llm.generate([{"prompt_token_ids": ids} for ids in prompts], params, use_tqdm=False)
         runs = [{"token_ids": list(o.outputs[0].token_ids),
                  "top": [{str(t): lp.logprob for t, lp in step.items()} for step in o.outputs[0].logprobs]}
                 for o in outputs]
         architecture = llm.llm_engine.model_config.architecture
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-        cleanup_dist_env_and_memory()
+        shut_down(llm, set(), 0.0)  # the pipeline's offline-engine shutdown, so the next engine starts clean
         return {"architecture": architecture, "runs": runs}
 
 
     if __name__ == "__main__":
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the engine in this process: one vLLM import for both
-        models, prompts, out, max_tokens = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
-        results = {name: run(model, trust, prompts, int(max_tokens)) for name, (model, trust) in models.items()}
+        models, prompts, out = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+        max_tokens, kv_cache_bytes = int(sys.argv[4]), int(sys.argv[5])
+        results = {name: run(model, trust, prompts, max_tokens, kv_cache_bytes)
+                   for name, (model, trust) in models.items()}
         with open(out, "w") as f:
             json.dump(results, f)
 """)
@@ -447,7 +447,8 @@ def run_vllm(models: dict[str, tuple[Path, bool]], prompts: list[list[int]], wor
     script, out = work / "engine.py", work / "runs.json"
     script.write_text(ENGINE_SCRIPT)
     spec = {name: [str(model), trust] for name, (model, trust) in models.items()}
-    args = [sys.executable, str(script), json.dumps(spec), json.dumps(prompts), str(out), str(MAX_TOKENS)]
+    args = [sys.executable, str(script), json.dumps(spec), json.dumps(prompts), str(out), str(MAX_TOKENS),
+            str(TEST_KV_CACHE_BYTES)]  # fmt: skip
     result = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(out.read_text())
