@@ -112,6 +112,9 @@ def default_run(tmp_path_factory):
     Tests read it only (a test that runs Snakemake for real works in a copy)."""
     from filelock import FileLock
 
+    reuse = os.environ.get("NPUPORT_TEST_DEFAULT_RUN")  # a developer's completed run of this tree (never set in CI)
+    if reuse:
+        return Path(reuse)
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the session's directory, above every worker's own

@@ -103,3 +103,94 @@ class WorkerFaults:
 
     def npuport_clear_fault(self) -> None:
         clear_fault(self.model_runner.get_model())
+
+
+# --- faults that exist in exactly one deployment configuration --------------------------------------------------------
+#
+# Out of the graph, in the model runner's step (GPUModelRunner._model_forward, patched on the class so that the
+# pipeline's logit tap, which wraps the instance, sees the faulty output): the final hidden states of a request are
+# scaled by 1 + SCALE only when the step shows the pattern. The condition is checked at every step, so a fault is
+# switched on and off on a running engine (``pattern_fault``). In the graph: a layer's MLP output scaled only while
+# torch.compile traces it (``graph_fault``: the compiled engine carries it, an eager engine never does).
+
+PATTERN_SCALE = 1.05  # 1.03 fails its row too, at 1.2-1.6x the limit (README)
+_pattern: dict = {"active": None, "seen": {}, "original": None}
+
+
+def _pattern_rows(runner) -> list[tuple[int, int]]:
+    """The (start, end) rows of this step's requests that show the active pattern."""
+    kind = _pattern["active"]
+    starts = runner.query_start_loc.np
+    req_ids = list(runner.input_batch.req_ids)
+    rows = []
+    for index, req_id in enumerate(req_ids):
+        state = runner.requests.get(req_id)
+        if state is None:
+            continue
+        computed, prompt = int(state.num_computed_tokens), int(state.num_prompt_tokens)
+        first_step = req_id not in _pattern["seen"]
+        if first_step:
+            _pattern["seen"][req_id] = computed > 0  # a prefill that starts past 0: served from the prefix cache
+        hit = (
+            (kind == "batch" and len(req_ids) > 1)
+            or (kind == "prefix_hit" and _pattern["seen"][req_id])
+            or (kind == "chunked" and not first_step and computed < prompt)  # a later chunk of a prefill
+        )
+        if hit:
+            rows.append((int(starts[index]), int(starts[index + 1])))
+    return rows
+
+
+def _faulty_forward(original):
+    def forward(self, *args, **kwargs):
+        output = original(self, *args, **kwargs)
+        if _pattern["active"] is None:
+            return output
+        hidden = output[0] if isinstance(output, tuple) else output
+        for start, end in _pattern_rows(self):
+            hidden[start:end] *= PATTERN_SCALE
+        return output
+
+    return forward
+
+
+@contextlib.contextmanager
+def pattern_fault(kind: str | None):
+    """While inside, every engine in this process (in-process engines) scales the requests that run under ``kind``
+    (batch: a step with more than one request; prefix_hit: a prefill served partly from the prefix cache; chunked: a
+    prefill's later chunks); None: no fault."""
+    from vllm.v1.worker.gpu_model_runner import GPUModelRunner
+
+    original = GPUModelRunner._model_forward
+    GPUModelRunner._model_forward = _faulty_forward(original)
+    _pattern.update(active=kind, seen={})
+    try:
+        yield
+    finally:
+        GPUModelRunner._model_forward = original
+        _pattern.update(active=None, seen={})
+
+
+@contextlib.contextmanager
+def graph_fault(module_prefix: str = "model.layers.0.mlp", factor: float = 1.03):
+    """Engines built inside trace ``module_prefix``'s output x ``factor`` into their compiled graph (vLLM's LlamaMLP
+    patched on the class while torch.compile traces; eager execution takes the other branch)."""
+    from vllm.model_executor.models import llama
+
+    init, forward = llama.LlamaMLP.__init__, llama.LlamaMLP.forward
+
+    def tagged_init(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._npuport_prefix = kwargs.get("prefix", "")
+
+    def faulty(self, x):
+        out = forward(self, x)
+        if getattr(self, "_npuport_prefix", None) == module_prefix and torch.compiler.is_compiling():
+            return out * factor
+        return out
+
+    llama.LlamaMLP.__init__, llama.LlamaMLP.forward = tagged_init, faulty
+    try:
+        yield
+    finally:
+        llama.LlamaMLP.__init__, llama.LlamaMLP.forward = init, forward

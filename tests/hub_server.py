@@ -22,7 +22,6 @@ import hashlib
 import json
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -84,7 +83,9 @@ class FakeRepo:
 class Faults:
     drop_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the first GET is cut
     fail_status: dict[str, list[int]] = field(default_factory=dict)  # path or route name -> statuses to answer first
-    stall_s: dict[str, float] = field(default_factory=dict)  # path -> seconds to wait before each GET answer
+    # path -> seconds to wait before each GET answer (cut short when the server stops); HubServer.stalls_ended
+    # lists the paths whose wait ran out
+    stall_s: dict[str, float] = field(default_factory=dict)
 
 
 class HubServer:
@@ -94,6 +95,8 @@ class HubServer:
         self.repos = {r.repo_id: r for r in repos}
         self.faults = faults or Faults()
         self.requests: list[dict] = []
+        self.stalls_ended: list[str] = []
+        self._stopping = threading.Event()
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._httpd.daemon_threads = True
@@ -112,6 +115,7 @@ class HubServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stopping.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -231,7 +235,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
         if not head and (stall := self.hub.faults.stall_s.get(name)):
-            time.sleep(stall)
+            if self.hub._stopping.wait(stall):
+                return
+            self.hub.stalls_ended.append(name)
         body = data[start:]
         self.send_response(206 if start else 200)
         for key, value in headers.items():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TEST_KV_CACHE_BYTES
+from test_accuracy_gate import mdd_by_bisection, wilson_by_hand
 
 from npuport.accuracy import harness
 from npuport.accuracy.gate import (
@@ -57,7 +58,11 @@ def test_minimum_detectable_drop_solves_connors_mcnemar_sample_size():
     assert (z_a * math.sqrt(delta) + z_b * math.sqrt(delta - delta**2)) ** 2 / delta**2 == pytest.approx(72)
     # about (z_a + z_b)^2 / n for large n; noise flips (engine_better) raise it; a tiny n detects nothing
     assert minimum_detectable_drop(n=10_000) == pytest.approx((z_a + z_b) ** 2 / 10_000, rel=0.02)
-    assert minimum_detectable_drop(n=72, engine_better=5) > 1.5 * delta
+    # 5 flips the other way as noise: the discordant fraction is psi = delta + 2 x 5 / 72, both ways (not 5 / 72)
+    noisy = minimum_detectable_drop(n=72, engine_better=5)
+    psi = noisy + 2 * 5 / 72
+    assert (z_a * math.sqrt(psi) + z_b * math.sqrt(psi - noisy**2)) ** 2 / noisy**2 == pytest.approx(72)
+    assert noisy == pytest.approx(mdd_by_bisection(72, 5), abs=1e-7)
     assert minimum_detectable_drop(n=2) == 1.0
 
 
@@ -76,8 +81,9 @@ def test_gate_fails_on_a_real_drop_and_passes_on_noise():
     verdict = task_verdict(engine=noisy, reference=reference, alpha=0.05, max_drop=5)
     assert verdict["status"] == "passed", verdict["reason"]
     assert verdict["p_value"] == pytest.approx(42 / 64) and verdict["difference"] == 0.0
-    assert verdict["engine"]["wilson95"] == pytest.approx([100 * x for x in wilson_interval(90, 100)])
-    assert verdict["mdd"] > 100 * minimum_detectable_drop(n=100) and verdict["too_small"]  # noise: 9.8 > 5 points
+    assert verdict["engine"]["wilson95"] == pytest.approx([100 * x for x in wilson_by_hand(90, 100)])
+    # the minimum detectable drop with the 3 gained items as noise, solved here: 9.8 points > 5
+    assert verdict["mdd"] == pytest.approx(100 * mdd_by_bisection(100, 3), abs=1e-5) and verdict["too_small"] is True
 
 
 def test_gate_fails_a_large_drop_that_is_not_significant_and_flags_too_few_items():
@@ -210,7 +216,8 @@ def faulty_server(fused, tmp_path_factory):
     from npuport.core.settings import EngineSettings, ServeSettings
     from npuport.engines.serve_check import api_server_argv, free_port, served
 
-    engine = EngineSettings.from_config({"kv_cache_memory_bytes": TEST_KV_CACHE_BYTES})
+    # eager: the injected faults are forward hooks, which fire only outside compiled graphs
+    engine = EngineSettings.from_config({"kv_cache_memory_bytes": TEST_KV_CACHE_BYTES, "enforce_eager": True})
     port = free_port("127.0.0.1")
     argv = api_server_argv(fused[0], engine, host="127.0.0.1", port=port)
     argv += ["--worker-extension-cls", "fault_injection.WorkerFaults"]

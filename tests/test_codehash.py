@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_report_hash_follows_its_templates(package_copy):
     assert code_hash(SCRIPTS / "fuse.py") == code_hash(SCRIPTS / "fuse.py")
 
 
-# -- in a copy of a complete run: what `snakemake -n` plans after an edit ---------------------------------------
+# -- in a copy of a recorded run: what `snakemake -n` plans after an edit ------------------------------------------
 
 
 def _params_changed(workdir, src) -> set[str]:
@@ -88,14 +89,50 @@ def _params_changed(workdir, src) -> set[str]:
     return rules
 
 
-@pytest.fixture
-def run_copy(default_run, tmp_path):
-    """A copy of the default run's directory (results and Snakemake's metadata) and of the library source."""
-    workdir = tmp_path / "wf"
-    shutil.copytree(default_run, workdir, symlinks=True)
+def _planned_outputs(workdir, env: dict) -> set[str]:
+    """Every output and benchmark file a dry run of ``report`` lists, as written in the plan."""
+    from conftest import run_snakemake
+
+    plan = run_snakemake(workdir, "-n", "report", env=env).stdout
+    return {name for m in re.finditer(r"^    (?:output|benchmark): (.+)$", plan, re.M) for name in m[1].split(", ")}
+
+
+@pytest.fixture(scope="module")
+def recorded_run(tmp_path_factory):
+    """A workflow copy, with a copy of the library source beside it, where Snakemake has recorded every job of
+    ``report`` as done without running a stage: each output a placeholder (an empty directory for a name without a
+    suffix: the workflow's directory() outputs; an empty file otherwise), then ``snakemake --touch --forceall report``,
+    which records each job's metadata, its params and so its code hashes among them, as a finished run does. What the
+    tests below check is what Snakemake plans from those records after an edit; no stage's output enters that, so
+    none has to run (they used a copy of the default run, which took 271 s to make). Every Snakemake call imports
+    npuport from the copy (``PYTHONPATH``), so the records and the edits meet the same source."""
+    from conftest import copy_workflow, run_snakemake
+
+    workdir = copy_workflow(tmp_path_factory.mktemp("codehash") / "wf")
     src = workdir / "src"  # beside the copy's workflow/: npuport reads its schema from the checkout it comes from
     shutil.copytree(ROOT / "src", src, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    return workdir, src
+    env = {"PYTHONPATH": str(src)}
+    outputs = _planned_outputs(workdir, env)
+    assert {"results/tiny-bitcpm/model", "results/tiny-bitcpm/benchmarks/fuse.tsv", "results/report.md"} <= outputs
+    for name in outputs:
+        path = workdir / name
+        if path.suffix:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+    run_snakemake(workdir, "--touch", "--forceall", "report", env=env)  # every job, also those with nothing newer
+    plan = run_snakemake(workdir, "-n", "report", env=env).stdout
+    assert "Nothing to be done" in plan, plan[-3000:]  # a complete record: nothing missing, nothing stale
+    return workdir
+
+
+@pytest.fixture
+def run_copy(recorded_run, tmp_path):
+    """A copy of the recorded run: placeholders, Snakemake's metadata and the library source it was recorded with."""
+    workdir = tmp_path / "wf"
+    shutil.copytree(recorded_run, workdir, symlinks=True)
+    return workdir, workdir / "src"
 
 
 @pytest.mark.e2e

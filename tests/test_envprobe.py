@@ -588,19 +588,25 @@ def test_probe_sees_busy_device(tmp_path):
 
 
 def test_probe_survives_hanging_tools(tmp_path, monkeypatch):
+    """npu-smi and the torch probe child both hang (for 600 s: the test's doing, far past the 1 s timeouts), so each
+    times out whatever this host's speed; a real torch import is never raced against a timeout."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "npu-smi").write_text("#!/bin/sh\nsleep 30\n")
+    (bin_dir / "npu-smi").write_text("#!/bin/sh\nexec sleep 600\n")
     (bin_dir / "npu-smi").chmod(0o755)
+    hanging = tmp_path / "hanging-torch"  # first on the child's path after npuport: its `import torch` hangs
+    (hanging / "torch").mkdir(parents=True)
+    (hanging / "torch" / "__init__.py").write_text("import time\ntime.sleep(600)\n", encoding="utf-8")
     monkeypatch.setattr(accelerators, "NPU_SMI_TIMEOUT_S", 1)
-    monkeypatch.setattr(accelerators, "CHILD_TIMEOUT_S", 0.01)
-    facts = probe_environment({**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    monkeypatch.setattr(accelerators, "CHILD_TIMEOUT_S", 1)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(hanging)}
+    facts = probe_environment(env)
     assert "timed out" in facts["accelerators"]["npu_smi"]["reason"]
     assert "timed out" in facts["accelerators"]["torch_npu"]["reason"]
     assert facts["accelerators"]["npu_smi"]["reason"] == "npu-smi info timed out after 1 s"
     assert facts["accelerators"]["torch_npu"] == {
         "installed": None,
-        "reason": "unknown: torch/torch_npu probe timed out after 0.01 s",
+        "reason": "unknown: torch/torch_npu probe timed out after 1 s",
     }
     assert by_id(facts["diagnostics"])["npu_smi_failed"]["evidence"] == ["npu-smi info timed out after 1 s"]
     assert json.loads(json.dumps(facts, allow_nan=False)) == facts

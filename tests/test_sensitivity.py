@@ -34,7 +34,10 @@ pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))["generation"]["prompts"]
-ENGINE = EngineSettings.from_config({"max_num_seqs": 4, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES})
+# eager: the injected faults are forward hooks in the engine's workers, which fire only outside compiled graphs
+ENGINE = EngineSettings.from_config(
+    {"max_num_seqs": 4, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES, "enforce_eager": True}
+)
 GENERATION = GenerationSettings.from_config({"prompts": PROMPTS, "max_tokens": 32})
 EVALUATION = EvaluationSettings.from_config({"max_tokens": 2048})
 SETTINGS = CompareSettings.from_config({})

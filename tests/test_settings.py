@@ -89,7 +89,8 @@ def test_settings_fields_are_the_schema_keys():
 
 def test_from_config_fills_missing_keys_and_keeps_given_ones():
     engine = EngineSettings.from_config({"max_model_len": 512})
-    assert engine.max_model_len == 512 and engine.dtype == "bfloat16" and engine.enforce_eager is True
+    # the deployed configuration: compiled graphs, as `vllm serve` runs
+    assert engine.max_model_len == 512 and engine.dtype == "bfloat16" and engine.enforce_eager is False
     compare = CompareSettings.from_config({"window": 48, "thresholds": {"max_abs_logprob_diff": 1.0}})
     assert compare.window == 48 and compare.thresholds.max_abs_logprob_diff == 1.0
     assert compare.thresholds.min_top1_agreement is None and compare.floor_ratio == 2.0  # fixed limits: opt-in

@@ -24,6 +24,8 @@ import yaml
 from conftest import copy_workflow, run_snakemake, scenario_config
 from slurm_cluster import SlurmUnavailable, check_host, start_cluster
 
+from npuport.core.spawn import default_signals
+
 pytestmark = pytest.mark.e2e
 
 MODELS = ("tiny-slurm",)
@@ -50,15 +52,29 @@ NPU_RULES = {"env_probe", "smoke", "bench"}
 # Deterministic artifacts: everything up to the fused model (the engine stages record timings).
 DETERMINISTIC = ("introspect.json", "config.json", "repair.json", "download", "model")
 SUBMITTED = re.compile(r"Job \d+ has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
+# The run's arguments besides the profile, the config file and the target (benchmarks/slurm_run.py runs the same).
+SLURM_ARGS = (
+    # This cluster has no accounting database: job states come from squeue (MinJobAge covers it).
+    "--slurm-status-command",
+    "squeue",
+    # The plugin's first status check, and its interval again after every check that saw a job end (each check that
+    # saw none adds 10 s): 1 s, the least it accepts (default 40).
+    "--slurm-init-seconds-before-status-checks",
+    "1",
+    # Two CPUs on the node: the profile's threads (sized for real nodes) are capped.
+    "--max-threads",
+    "1",
+)
 
 
 def run_until_done(workdir: Path, args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str]:
     """Run snakemake; past ``timeout`` stop it with SIGINT (it cancels its SLURM jobs; SIGTERM would
-    make it wait for them)."""
+    make it wait for them). It starts with SIGINT at its default disposition (npuport.core.spawn), so the SIGINT
+    reaches it also when pytest runs as a background job, which ignores SIGINT."""
     log = workdir / "snakemake-slurm.log"
     with open(log, "w", encoding="utf-8") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "snakemake", *args],
+            default_signals([sys.executable, "-m", "snakemake", *args]),
             cwd=workdir,
             env=os.environ | env,
             stdout=out,
@@ -95,21 +111,7 @@ def slurm_run(cluster, tmp_path_factory):
     config = scenario_config("slurm", workdir)
     assert config == workdir / TEST_CONFIG
     assert [m["name"] for m in yaml.safe_load(config.read_text(encoding="utf-8"))["models"]] == list(MODELS)
-    args = [
-        "--profile",
-        "profiles/slurm",
-        "--configfile",
-        TEST_CONFIG,
-        # This cluster has no accounting database: job states come from squeue (MinJobAge covers it).
-        "--slurm-status-command",
-        "squeue",
-        "--slurm-init-seconds-before-status-checks",
-        "2",
-        # Two CPUs on the node: the profile's threads (sized for real nodes) are capped.
-        "--max-threads",
-        "1",
-        "report",
-    ]
+    args = ["--profile", "profiles/slurm", "--configfile", TEST_CONFIG, *SLURM_ARGS, "report"]
     # The partition through the profile's environment variable (it is not the default one); empty = unset.
     env = cluster.env | {
         "NPUPORT_SLURM_PARTITION": cluster.partition,

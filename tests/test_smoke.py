@@ -16,6 +16,7 @@ import pytest
 from conftest import TEST_KV_CACHE_BYTES
 
 from npuport.core.settings import EngineSettings, GenerationSettings
+from npuport.engines.deployment import DeploymentsSettings
 from npuport.engines.smoke import run_smoke
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,12 @@ CORPUS = [
     "The capital of France is Paris.",
 ]
 PROMPTS = ["Hello, how are you?", "什么是三元量化?", "The capital of France is"]
-ENGINE = {"dtype": "bfloat16", "max_model_len": 512, "max_num_seqs": 4, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES}
+# eager: this module and test_bench.py test the stage's records on a model of their own, one quick engine start each;
+# the compiled (deployed) engine runs in the default pipeline run and tests/test_deployments_engine.py
+ENGINE = {"dtype": "bfloat16", "max_model_len": 512, "max_num_seqs": 4, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES,
+          "enforce_eager": True}  # fmt: skip
+# the deployment configurations' own engines run in the default pipeline run and test_deployments_engine.py
+NO_MATRIX = {"enabled": False}
 MAX_TOKENS = 12
 TOP_K = 5
 EOS = 2
@@ -98,6 +104,7 @@ def smoke_settings(engine: dict = ENGINE, **generation) -> dict:
     return {
         "engine": EngineSettings.from_config(engine),
         "generation": GenerationSettings.from_config(generation_settings(**generation)),
+        "deployments": DeploymentsSettings.from_config(NO_MATRIX),
     }
 
 
@@ -217,8 +224,10 @@ def test_missing_vllm_gives_not_run(tiny_model, tmp_path):
         import json, sys
         sys.modules["vllm"] = None  # as if vLLM were not installed
         from npuport.core.settings import EngineSettings, GenerationSettings
+        from npuport.engines.deployment import DeploymentsSettings
         from npuport.engines.smoke import run_smoke
         doc = run_smoke({str(tiny_model)!r}, engine=EngineSettings.from_config({ENGINE!r}),
+                        deployments=DeploymentsSettings.from_config({NO_MATRIX!r}),
                         generation=GenerationSettings.from_config({generation_settings()!r}))
         print("DOC" + json.dumps({{k: doc[k] for k in ("status", "reason", "prompts", "serve")}}))
     """)
@@ -273,7 +282,7 @@ def test_an_orphaned_engine_process_is_found_killed_and_reported(monkeypatch):
         assert orphan not in engine_children()  # no child of ours: the children check alone would miss it
         report = shut_down(object(), engine_children(), host_available_gib(), started=started_processes({orphan}))
         assert report["engine_processes_left"] == [orphan] and report["released"] is False
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60  # a hang guard: SIGKILL ends it as soon as the kernel gets to it
         while psutil.pid_exists(orphan) and psutil.Process(orphan).status() != psutil.STATUS_ZOMBIE:
             assert time.monotonic() < deadline, "the orphan was not killed"
             time.sleep(0.1)

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 
 import pytest
 from hub_server import FakeRepo, Faults, HubServer
@@ -206,12 +205,13 @@ def test_allow_and_ignore_patterns(tmp_path, monkeypatch):
 
 
 def test_total_time_is_bounded_and_a_rerun_completes(tmp_path, monkeypatch):
-    faults = Faults(stall_s={"model.safetensors": 60})
-    started = time.monotonic()
-    with _serve(monkeypatch, FakeRepo("org/tiny", _files()), faults=faults):
-        with pytest.raises(NpuportError, match=r"did not finish within timeout_s=4; .*\.download-cache"):
-            download({"kind": "hf", "repo_id": "org/tiny", "timeout_s": 4}, _target(tmp_path))
-        assert time.monotonic() - started < 30
+    """The hub holds model.safetensors for 600 s; timeout_s=15 leaves a loaded host room to start the worker and
+    reach that file (the .incomplete it leaves is checked), and the download gives up while the hub still holds it."""
+    faults = Faults(stall_s={"model.safetensors": 600})
+    with _serve(monkeypatch, FakeRepo("org/tiny", _files()), faults=faults) as hub:
+        with pytest.raises(NpuportError, match=r"did not finish within timeout_s=15; .*\.download-cache"):
+            download({"kind": "hf", "repo_id": "org/tiny", "timeout_s": 15}, _target(tmp_path))
+        assert hub.gets("model.safetensors") and hub.stalls_ended == []  # bounded: it did not wait for the answer
         assert not _target(tmp_path).exists()
         cache = tmp_path / "results" / "m" / ".download-cache"
         assert list(cache.rglob("*.incomplete"))  # what the killed download left behind

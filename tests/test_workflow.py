@@ -111,7 +111,8 @@ def test_introspection_finds_the_wrong_config_fields(default_run):
     assert introspection["derived"]["ternary"]["status"] == "latent"
     repair = _json(default_run, "repair.json")
     assert set(repair["repaired"]) == WRONG_FIELDS
-    assert repair["tokenizer"] == {"class": "TokenizersBackend", "tokens": 1024, "embedding_rows": 1024}
+    assert repair["tokenizer"] == {"class": "TokenizersBackend", "tokens": 1024, "embedding_rows": 1024,
+                                   "model_max_length": 4096}  # fmt: skip
     config = _json(default_run, "config.json")
     for field in WRONG_FIELDS:
         assert config[field] == introspection["derived"][field]
@@ -136,6 +137,30 @@ def test_engine_run_is_labelled_cpu(default_run):
     assert smoke["platform"]["name"] == "cpu"
     assert "NPU" not in smoke["platform"]["device"]
     assert smoke["engine"]["name"] == "vllm"
+
+
+def test_the_deployed_configuration_is_compiled_and_every_configuration_is_judged(default_run):
+    """The default run judges the engine as `vllm serve` runs it (compiled graphs, vLLM's prefix-caching and
+    chunked-prefill defaults) and scores every default deployment configuration on the embedded model: each passes
+    (a correct engine), or is not run with the host's reason; the layer comparison runs on the eager configuration."""
+    smoke = _json(default_run, "smoke.json")
+    assert smoke["settings"]["engine"]["enforce_eager"] is False
+    assert smoke["evaluation"]["capture"]["mode"] == "compiled"
+    assert smoke["layers"]["status"] == "captured" and smoke["layers"]["mode"] == "eager"
+    assert smoke["layers"]["engine_settings"]["enforce_eager"] is True
+    assert "--enforce-eager" not in smoke["vllm_serve_command"]
+    assert "--enforce-eager" not in " ".join(_json(default_run, "bench.json")["serve"]["command_ran"])
+    rows = {row["name"]: row for row in _json(default_run, "compare.json")["deployments"]["configurations"]}
+    assert set(rows) == {"eager", "batch", "prefix-cache", "chunked-prefill", "tp2", "fp8-kv-cache"}
+    for name, row in rows.items():
+        host_lacks = name in ("tp2", "fp8-kv-cache") and row["status"] == "not run" and "needs" in row["reason"]
+        assert row["status"] == "passed" or host_lacks, (name, row["status"], row.get("reason"))
+    ran = {name: row["execution"] for name, row in rows.items() if row["status"] == "passed"}
+    assert ran["batch"]["max_requests_in_step"] == 8 and ran["chunked-prefill"]["steps"] == [4, 4]
+    assert all(cached >= 256 for cached in ran["prefix-cache"]["cached_tokens"])
+    report = (default_run / "results" / "tiny-bitcpm" / "report.md").read_text(encoding="utf-8")
+    section = report.split("### 4.4", 1)[1].split("## 5.", 1)[0]
+    assert "compiled graphs (enforce_eager false)" in section and "❌" not in section
 
 
 def test_kv_cache_capacity_agrees_with_the_engine_log(default_run):
@@ -175,6 +200,16 @@ def test_bench_and_accuracy_ran_on_the_one_server(default_run):
     assert bench["accuracy"]["status"] == "ok" and bench["accuracy"]["backend"] == "local-completions"
     log = (default_run / "logs" / "tiny-bitcpm" / "bench.log").read_text(encoding="utf-8")
     assert log.count("npuport.engines.serve_check: server: ") == 1
+    # the default capacity search on the same server: small (at most 3 loads x 2 repeats), its outcome this host's
+    capacity = bench["capacity"]
+    assert capacity["status"] in ("measured", "none meets it", "indeterminate"), capacity["reason"]
+    runs = [run for probe in capacity["probes"] for run in probe["runs"]]
+    assert 2 <= len(runs) == capacity["run_count"] <= 6 and capacity["probes"][0]["value"] == 1
+    for run in runs + bench["points"]:
+        assert run["objective"]["objective"] == "TTFT p99 ≤ 2000 ms, TPOT p99 ≤ 200 ms"
+        assert run["server_metrics"]["status"] == "measured" and run["server_metrics"]["missing"] == []
+        assert (default_run / "results" / "tiny-bitcpm" / run["result_file"]).is_file()
+    assert bench["limits"]["highest_concurrency"] == 16 and len(bench["limits"]["knees"]) == 1
     accuracy = _json(default_run, "accuracy.json")
     assert accuracy["status"] == "passed", accuracy["reason"]
     assert accuracy["engine"]["backend"] == "local-completions" and accuracy["reference"]["backend"] == "hf"

@@ -18,6 +18,7 @@ rule smoke:
         gpu=accelerator("gpu"),
     params:
         engine=model_setting("engine"),
+        deployments=model_setting("deployments"),
         generation=config["generation"],
         evaluation=config["evaluation"],
         layers_eval_tokens=config["layers"]["eval_tokens"],

@@ -4,6 +4,7 @@ from npuport.compare.layer_plan import LayersSettings
 from npuport.core.atomic import write_json
 from npuport.core.settings import EngineSettings, EvaluationSettings, GenerationSettings
 from npuport.core.stage import run_stage
+from npuport.engines.deployment import DeploymentsSettings
 from npuport.engines.smoke import run_smoke
 
 
@@ -18,6 +19,7 @@ def main(smk):
         capture_dir=smk.output.capture,
         # only the capture's size reaches the engine stage: the layers gate reruns the layers stage alone
         layers=LayersSettings.from_config({"eval_tokens": smk.params.layers_eval_tokens}),
+        deployments=DeploymentsSettings.from_config(smk.params.deployments),
     )
     # the declared output exists whatever the engine did; empty when nothing was captured
     Path(smk.output.capture).mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from npuport.compare.deployments import DeploymentScorer
 from npuport.compare.floor import (
     Reference,
     engine_dtype,
@@ -203,10 +204,18 @@ def compare(
     low_prompts = low_precision_logits(low, [r["prompt_token_ids"] + r["token_ids"] for r in records])
     low_segments = low_precision_logits(low, segments)
     low.close()
+    matrix = DeploymentScorer(smoke, capture_dir, segments)
+    if matrix.wanted:
+        matrix.spread_pass(Path(model_dir), low_dtype, low.attn_implementation, trust_remote_code)
     full = reference(settings.reference_dtype)
     prompts = _prompt_comparisons(full, records, baseline, low_prompts, settings)
+
+    def also(index: int, base: torch.Tensor, engine: torch.Tensor) -> None:
+        matrix.add(index, base, engine, low_segments[index])
+
     accumulators = evaluate_segments(full, segments, low_logits=low_segments,
-                                     engine_logits=lambda i: _engine_logits(capture_dir, evaluation, i))  # fmt: skip
+                                     engine_logits=lambda i: _engine_logits(capture_dir, evaluation, i),
+                                     also=also)  # fmt: skip
     full.close()
     sides = {
         "engine": {"prompts": _pooled(prompts, "teacher_forced")},
@@ -233,6 +242,7 @@ def compare(
         "overall": overall,
         "evaluation": evaluation_doc,
         "checks": checks,
+        "deployments": matrix.document(ratio=settings.floor_ratio, ratios=settings.gate_ratio),
     }
 
 

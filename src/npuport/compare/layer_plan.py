@@ -27,6 +27,7 @@ class LayersSettings(Settings):
     eval_tokens: int
     ratio: float
     epsilon: float
+    gain_allowance: float
     dumps: bool
 
 

@@ -1,18 +1,29 @@
 """Where the port diverges: the engine against the reference point by point, each point against its noise floor.
 
 At every capture point (embedding, each decoder layer's attention, MLP and output, final norm, logits) on the
-same teacher-forced tokens, three tensors of ``[tokens, width]``: the engine's (captured by `smoke` in its
-workers), the reference's at the engine's dtype and the reference's at ``reference_dtype`` (float32). Both
-lower-precision sides are measured against the full-precision one: cosine similarity, relative L2 error and
-max |Δ| (msprobe's per-layer measures). A point passes when the engine's relative L2 error is within
-``ratio`` x the floor's + ``epsilon`` (compare.floor_ratio's convention); the first point in depth order that
-does not is where the port departs from what a correct implementation at its precision does.
+same teacher-forced tokens, four tensors of ``[tokens, width]``: the engine's (captured by `smoke` in its workers),
+the reference's at the engine's dtype with two attention implementations (its default, sdpa, and another, eager:
+two correct implementations at the engine's precision) and the reference's at ``reference_dtype`` (float32). Every
+lower-precision side is measured against the full-precision one: cosine similarity, relative L2 error and max |Δ|
+(msprobe's per-layer measures), and the gain ⟨x - ref, ref⟩ / ⟨ref, ref⟩, the part of the error along the reference.
 
-Memory stays bounded by one point of one sequence (plus one sequence's low-precision capture on disk): the
-reference at the engine's dtype runs first and writes its points per sequence; then the full-precision
-reference runs, and its hooks score every point as it is produced, against the engine's and the
-low-precision tensors read lazily from their files. The document holds metrics, not tensors; with
-``layers.dumps`` the three sides' tensors are kept as safetensors.
+A point passes when both hold (``Gate``):
+
+- relative L2 error <= ratio x the larger floor of the two implementations + epsilon: a correct implementation
+  differs from full precision by what either correct implementation at its precision differs (one implementation
+  alone understates that at attention points, where rounding order differs most between kernels);
+- |gain| <= ratio x the larger |gain| of the two floors + gain_allowance x that floor's relative L2 + epsilon:
+  rounding noise is nearly orthogonal to the reference, a scale or bias bug is not, so a 3 % scale that hides in
+  the noise of the relative L2 of a deep layer stands out along the reference.
+
+The first point in depth order that does not pass is where the port departs from what a correct implementation at
+its precision does.
+
+Memory stays bounded by one point of one sequence (plus one sequence's low-precision captures on disk): the
+references at the engine's dtype run first and write their points per sequence; then the full-precision reference
+runs, and its hooks score every point as it is produced, against the engine's and the low-precision tensors read
+lazily from their files. The document holds metrics, not tensors; with ``layers.dumps`` the sides' tensors are kept
+as safetensors.
 """
 
 from __future__ import annotations
@@ -45,7 +56,8 @@ METHOD = (
     "engine and floor (transformers at the engine's dtype) each against transformers at reference_dtype, pooled "
     "over every token: cosine of the flattened tensors, relative L2 error ||x - ref|| / ||ref||, max |x - ref|"
 )
-GATE_RULE = "engine rel_l2 <= ratio x floor rel_l2 + epsilon"
+GATE_RULE = "engine rel_l2 <= ratio x max(floor rel_l2 of both implementations) + epsilon"
+GAIN_RULE = "|engine gain| <= ratio x max(|floor gain|) + gain_allowance x max(floor rel_l2) + epsilon"
 
 
 @dataclass
@@ -88,30 +100,44 @@ class PointStats:
             return 0.0 if self.diff_sq == 0.0 else math.inf
         return math.sqrt(self.diff_sq / self.ref_sq)
 
+    @property
+    def gain(self) -> float:
+        """⟨side - ref, ref⟩ / ⟨ref, ref⟩: the error's component along the reference (a scale of 1 + s gives s)."""
+        if self.ref_sq == 0.0:
+            return 0.0 if self.side_sq == 0.0 else math.inf
+        return (self.dot - self.ref_sq) / self.ref_sq
+
     def metrics(self) -> dict[str, Any]:
-        rel_l2 = self.rel_l2
+        rel_l2, gain = self.rel_l2, self.gain
         return {"cosine": self.cosine, "rel_l2": rel_l2 if math.isfinite(rel_l2) else None,
-                "max_abs": self.max_abs, "nonfinite": self.nonfinite}  # fmt: skip
+                "gain": gain if math.isfinite(gain) else None, "max_abs": self.max_abs,
+                "nonfinite": self.nonfinite}  # fmt: skip
 
 
 @dataclass
 class PointPair:
-    """Both lower-precision sides at one point: the engine and the floor."""
+    """The lower-precision sides at one point: the engine and the floor's two implementations."""
 
     engine: PointStats = field(default_factory=PointStats)
-    floor: PointStats = field(default_factory=PointStats)
+    floor: PointStats = field(default_factory=PointStats)  # the reference at the engine's dtype, default attention
+    floor_alt: PointStats = field(default_factory=PointStats)  # the same with the other attention implementation
 
 
 @dataclass(frozen=True)
 class Gate:
     ratio: float
     epsilon: float
+    gain_allowance: float = 0.5
 
     def limit(self, floor_rel_l2: float) -> float:
         return self.ratio * floor_rel_l2 + self.epsilon
 
+    def gain_limit(self, floor_gain: float, floor_rel_l2: float) -> float:
+        return self.ratio * floor_gain + self.gain_allowance * floor_rel_l2 + self.epsilon
+
     def as_dict(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "epsilon": self.epsilon, "metric": "rel_l2", "rule": GATE_RULE}
+        return {"ratio": self.ratio, "epsilon": self.epsilon, "gain_allowance": self.gain_allowance,
+                "metric": "rel_l2", "rule": GATE_RULE, "gain_rule": GAIN_RULE}  # fmt: skip
 
 
 def _ratio(value: float | None, floor: float | None) -> float | None:
@@ -120,19 +146,35 @@ def _ratio(value: float | None, floor: float | None) -> float | None:
     return value / floor
 
 
+def _span(*values: float | None) -> float | None:
+    """The larger of the floors' values (None when every side is missing)."""
+    present = [v for v in values if v is not None]
+    return max(present) if present else None
+
+
 def point_record(point: str, pair: PointPair, gate: Gate) -> dict[str, Any]:
-    """One point of layers.json: both sides' metrics, their ratios and whether the engine is within the gate."""
-    engine, floor = pair.engine.metrics(), pair.floor.metrics()
+    """One point of layers.json: the sides' metrics, the floor spanning both implementations, both limits, and
+    whether the engine is within the gate."""
+    engine, floor, alt = pair.engine.metrics(), pair.floor.metrics(), pair.floor_alt.metrics()
+    if pair.floor_alt.tokens == 0:  # no second implementation measured: the default one alone
+        alt = floor
     kind, layer = point_kind(point)
-    limit = gate.limit(floor["rel_l2"]) if floor["rel_l2"] is not None else None
-    passed = bool(engine["nonfinite"] == 0 and engine["rel_l2"] is not None and limit is not None
-                  and engine["rel_l2"] <= limit)  # fmt: skip
+    span = _span(floor["rel_l2"], alt["rel_l2"])
+    gains = [abs(g) for g in (floor["gain"], alt["gain"]) if g is not None]
+    limit = gate.limit(span) if span is not None else None
+    gain_limit = gate.gain_limit(max(gains), span) if gains and span is not None else None
+    within_l2 = engine["rel_l2"] is not None and limit is not None and engine["rel_l2"] <= limit
+    within_gain = engine["gain"] is not None and gain_limit is not None and abs(engine["gain"]) <= gain_limit
+    passed = bool(engine["nonfinite"] == 0 and within_l2 and within_gain)
     return {
         "point": point, "module": point_module(point), "kind": kind, "layer": layer, "tokens": pair.engine.tokens,
-        "engine": engine, "floor": floor,
-        "ratio_rel_l2": _ratio(engine["rel_l2"], floor["rel_l2"]),
+        "engine": engine, "floor": floor, "floor_alt": alt, "floor_rel_l2": span,
+        "ratio_rel_l2": _ratio(engine["rel_l2"], span),
         "ratio_cosine_distance": _ratio(max(0.0, 1.0 - engine["cosine"]), max(0.0, 1.0 - floor["cosine"])),
-        "limit_rel_l2": limit, "passed": passed,
+        "limit_rel_l2": limit, "limit_gain": gain_limit,
+        "margin": _span(_ratio(engine["rel_l2"], limit),
+                        _ratio(abs(engine["gain"]) if engine["gain"] is not None else None, gain_limit)),
+        "within_rel_l2": within_l2, "within_gain": within_gain, "passed": passed,
     }  # fmt: skip
 
 
@@ -143,8 +185,8 @@ def first_divergent(points: Sequence[Mapping[str, Any]], gate: Gate) -> dict[str
             continue
         before = points[index - 1] if index else None
         return {"point": point["point"], "module": point["module"], "layer": point["layer"], "kind": point["kind"],
-                "ratio": point["ratio_rel_l2"], "previous": before["point"] if before else None,
-                "evidence": evidence(point, before, gate)}  # fmt: skip
+                "ratio": point["ratio_rel_l2"], "margin": point.get("margin"),
+                "previous": before["point"] if before else None, "evidence": evidence(point, before, gate)}  # fmt: skip
     return None
 
 
@@ -157,8 +199,9 @@ def evidence(point: Mapping[str, Any], before: Mapping[str, Any] | None, gate: G
     engine, floor = point["engine"], point["floor"]
     text = (
         f"{point['module']}: relative L2 error {_number(engine['rel_l2'])} against the floor's "
-        f"{_number(floor['rel_l2'])} (x{_number(point['ratio_rel_l2'], 2)}; gate x{gate.ratio:g} + {gate.epsilon:g} "
-        f"= {_number(point['limit_rel_l2'])}), cosine {engine['cosine']:.6f} (floor {floor['cosine']:.6f}), "
+        f"{_number(point.get('floor_rel_l2', floor['rel_l2']))} (x{_number(point['ratio_rel_l2'], 2)}; gate "
+        f"x{gate.ratio:g} + {gate.epsilon:g} = {_number(point['limit_rel_l2'])}), gain {_number(engine.get('gain'))} "
+        f"(limit {_number(point.get('limit_gain'))}), cosine {engine['cosine']:.6f} (floor {floor['cosine']:.6f}), "
         f"max |Δ| {_number(engine['max_abs'])} (floor {_number(floor['max_abs'])})"
     )
     if engine["nonfinite"]:
@@ -181,6 +224,7 @@ def summary(points: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
 
 ENGINE_DUMP = "engine-{index:03d}.safetensors"
 FLOOR_FILE = "floor-{dtype}-{index:03d}.safetensors"  # the reference at the engine's dtype
+ALT_FILE = "floor-{dtype}-{attention}-{index:03d}.safetensors"  # the same with the other attention implementation
 REFERENCE_FILE = "reference-{dtype}-{index:03d}.safetensors"  # the reference at reference_dtype
 
 
@@ -191,9 +235,11 @@ def _collector(captured: dict[str, torch.Tensor]):
     return sink
 
 
-def low_precision_pass(reference: Reference, sequences: Sequence[LayerSequence], work: Path) -> list[Path]:
+def low_precision_pass(
+    reference: Reference, sequences: Sequence[LayerSequence], work: Path, name: str = FLOOR_FILE
+) -> list[Path]:
     """The reference at the engine's dtype on every sequence: every point of each, in its own dtype, written to
-    ``work`` (one file per sequence)."""
+    ``work`` (one file per sequence, named by ``name``)."""
     from safetensors.torch import save_file
 
     files = []
@@ -201,7 +247,7 @@ def low_precision_pass(reference: Reference, sequences: Sequence[LayerSequence],
         captured: dict[str, torch.Tensor] = {}
         with ReferenceTaps(reference.model, _collector(captured)):
             reference.logits(sequence.token_ids)
-        path = work / FLOOR_FILE.format(dtype=reference.dtype, index=index)
+        path = work / name.format(dtype=reference.dtype, attention=reference.attn_implementation, index=index)
         save_file(captured, str(path))
         files.append(path)
         log.info("%s reference: sequence %d/%d captured (%d tokens)", reference.dtype, index + 1, len(sequences),
@@ -216,6 +262,7 @@ class SequenceFiles:
     engine: Path
     floor: Path
     keep: Path | None = None
+    floor_alt: Path | None = None
 
 
 def score_sequence(
@@ -227,7 +274,10 @@ def score_sequence(
     from safetensors.torch import save_file
 
     kept: dict[str, torch.Tensor] = {}
-    with safe_open(str(files.engine), "pt") as engine, safe_open(str(files.floor), "pt") as floor:
+    with contextlib.ExitStack() as stack:
+        engine = stack.enter_context(safe_open(str(files.engine), "pt"))
+        floor = stack.enter_context(safe_open(str(files.floor), "pt"))
+        alt = stack.enter_context(safe_open(str(files.floor_alt), "pt")) if files.floor_alt else None
 
         def sink(point: str, full: torch.Tensor) -> None:
             other = engine.get_tensor(point)
@@ -237,6 +287,8 @@ def score_sequence(
             pair = pairs.setdefault(point, PointPair())
             pair.engine.add(other, full)
             pair.floor.add(floor.get_tensor(point), full)
+            if alt is not None:
+                pair.floor_alt.add(alt.get_tensor(point), full)
             if files.keep is not None:
                 kept[point] = full.clone()
 
@@ -264,12 +316,17 @@ def reference_passes(
     ``dtypes[1]`` (full precision) scoring the engine and that floor; one model in memory at a time."""
     low = Reference(model_dir, dtypes[0], trust_remote_code)
     floor_files = low_precision_pass(low, sequences, work)
+    other = "sdpa" if low.attn_implementation == "eager" else "eager"
     low.close()
+    alt = Reference(model_dir, dtypes[0], trust_remote_code, attn_implementation=other)
+    alt_files = low_precision_pass(alt, sequences, work, ALT_FILE)
+    alt.close()
     full = Reference(model_dir, dtypes[1], trust_remote_code)
     pairs: dict[str, PointPair] = {}
     for index, sequence in enumerate(sequences):
         keep_path = work / REFERENCE_FILE.format(dtype=dtypes[1], index=index) if keep else None
-        score_sequence(full, sequence, SequenceFiles(engine_files[index], floor_files[index], keep_path), pairs)
+        files = SequenceFiles(engine_files[index], floor_files[index], keep_path, alt_files[index])
+        score_sequence(full, sequence, files, pairs)
         log.info("sequence %d/%d scored at %d points", index + 1, len(sequences), len(pairs))
     full.close()
     return pairs
@@ -306,8 +363,9 @@ def layers_document(status: str, reason: str | None, *, settings: LayersSettings
     """layers.json: every key present whatever the status."""
     doc: dict[str, Any] = {
         "stage": "layers", "status": status, "reason": reason, "mode": None, "settings": settings.as_dict(),
-        "gate": Gate(settings.ratio, settings.epsilon).as_dict(), "reference_dtype": None, "engine_dtype": None,
-        "tokens": 0, "sequences": [], "points": [], "first_divergent": None, "summary": None,
+        "gate": Gate(settings.ratio, settings.epsilon, settings.gain_allowance).as_dict(),
+        "reference_dtype": None, "engine_dtype": None, "tokens": 0, "sequences": [], "points": [],
+        "first_divergent": None, "summary": None,
         "dumps": {"kept": False, "reason": "not measured"}, "method": METHOD,
     }  # fmt: skip
     doc.update(fields)
@@ -347,7 +405,8 @@ def finish_dumps(
 
 DUMPS_LAYOUT = (
     "one safetensors file per sequence and side (engine-NNN, floor-<engine dtype>-NNN: the reference at the "
-    "engine's dtype, reference-<reference dtype>-NNN), NNN the sequence's index in layers.json; one tensor per "
+    "engine's dtype, floor-<engine dtype>-<attention>-NNN: the same with the other attention implementation, "
+    "reference-<reference dtype>-NNN), NNN the sequence's index in layers.json; one tensor per "
     "capture point, named as layers.json's points, [tokens, width] in the side's own dtype"
 )
 
@@ -383,7 +442,7 @@ def compare_layers(
                                  work=work, keep=settings.dumps, trust_remote_code=trust_remote_code)  # fmt: skip
         dumps = finish_dumps(work, keep=settings.dumps, dumps_dir=dumps_dir, engine_files=engine_files,
                              sequences=listed)  # fmt: skip
-    gate = Gate(settings.ratio, settings.epsilon)
+    gate = Gate(settings.ratio, settings.epsilon, settings.gain_allowance)
     points = [point_record(point, pairs[point], gate) for point in sorted(pairs, key=depth)]
     divergent = first_divergent(points, gate)
     if divergent:

@@ -26,7 +26,7 @@ CONFIG_README = SCHEMA_PATH.parents[2] / "config" / "README.md"
 CONFIG_DOCS_COMMAND = "python -m npuport config-docs > config/README.md"
 
 # Sections a model entry may override key by key.
-OVERRIDABLE = ("fuse", "introspect", "engine", "baseline", "compare")
+OVERRIDABLE = ("fuse", "introspect", "engine", "baseline", "compare", "deployments")
 
 _SIZE_UNITS = {
     "B": 1,
@@ -293,9 +293,19 @@ class EngineSettings(Settings):
     gpu_memory_utilization: float
     kv_cache_memory_bytes: int | None
     enforce_eager: bool
+    max_num_batched_tokens: int | None
+    enable_prefix_caching: bool | None
+    enable_chunked_prefill: bool | None
+    kv_cache_dtype: str
+    compilation_config: dict[str, Any] | None
+    additional_config: dict[str, Any] | None
     tensor_parallel_size: int
     in_process: bool
     seed: int
+
+    def with_overrides(self, overrides: Mapping[str, Any] | None) -> EngineSettings:
+        """These settings with ``overrides`` (engine keys) applied: a deployment configuration's engine."""
+        return EngineSettings.from_config(self.as_dict() | dict(overrides or {}))
 
 
 @dataclass(frozen=True)

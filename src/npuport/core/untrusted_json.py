@@ -20,8 +20,11 @@ MAX_JSON_BYTES = 64 << 20
 # No checkpoint file nests deeper than about 6; 64 keeps every later recursion (json.dumps, repr) far from
 # Python's limit of 1000.
 MAX_DEPTH = 64
-# An unsigned 64-bit integer has 20 digits; a safetensors offset or a config value never needs more.
-MAX_INT_DIGITS = 20
+# The bound is what an integer can cost, not what is usual: real files carry integers far above 64 bits
+# (transformers writes model_max_length = VERY_LARGE_INTEGER, int(1e30), 31 digits, for every tokenizer without a
+# length limit). Parsing n digits costs about n^2 (Python itself refuses more than 4300): at 300, a file of the
+# size limit full of such integers parses in well under a second, and no checkpoint file needs a tenth of it.
+MAX_INT_DIGITS = 300
 
 _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")

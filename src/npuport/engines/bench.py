@@ -1,9 +1,15 @@
 """The `bench` stage: serving performance under load, on one vLLM OpenAI-compatible server for the fused model.
 
-One server start serves both parts: first the serve check (every prompt of smoke.json asked again through
-/v1/completions, the answer compared with the offline engine's text; npuport.engines.serve_check), then vLLM's own
-serving benchmark (``vllm.benchmarks.serve``, the code behind ``vllm bench serve``, called in this process) over a
-matrix of input length x output length x concurrency on its seeded random dataset. Then three checks:
+One server start serves every part: first the serve check (every prompt of smoke.json asked again through
+/v1/completions, the answer compared with the offline engine's text; npuport.engines.serve_check), the engine's side
+of the accuracy tasks, the capacity search (the largest load within the latency objective ``bench.slo``, bounded,
+each probe repeated; npuport.engines.capacity), then vLLM's own serving benchmark (``vllm.benchmarks.serve``, the
+code behind ``vllm bench serve``, called in this process) over a matrix of input length x output length x
+concurrency on its seeded random dataset. Every run (ladder point or probe) is judged against the objective with
+vLLM's own percentiles and goodput, gets its steady-state window (AISBench's rule) and the server's /metrics scraped
+while it ran (npuport.engines.server_metrics); the knee of the ladder and the limit reached first close it. The
+capacity search runs before the ladder: its probes are bounded in time, the ladder of an NPU matrix may take hours.
+Then three checks:
 
 - held: no failed and no truncated request at any point (each point and the whole ladder are bounded in time);
 - efficiency: single-stream decode (the concurrency-1 point, 1000 / mean TPOT) against the memory-bandwidth bound,
@@ -31,7 +37,9 @@ from npuport.accuracy.accuracy import AccuracySettings, engine_side
 from npuport.accuracy.accuracy import not_run as accuracy_not_run
 from npuport.core.errors import NpuportError
 from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings, Settings
+from npuport.engines import capacity as cap
 from npuport.engines.bandwidth import decode_bytes, select_bandwidth
+from npuport.engines.capacity import CapacitySettings, SloSettings
 from npuport.engines.serve_check import (
     OfflineAnswer,
     Server,
@@ -42,6 +50,7 @@ from npuport.engines.serve_check import (
     served,
     vllm_serve_command,
 )
+from npuport.engines.server_metrics import not_scraped, scraping
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +62,18 @@ BENCHMARK = {
     "dataset": "random: token ids drawn with the seed, exact input and output lengths (range ratio 0), eos ignored",
     "temperature": 0.0,
     "request_rate": "inf (every request at once, bounded by the concurrency)",
+    "objective": "vLLM's TTFT and TPOT percentiles against bench.slo, no failed or truncated request; goodput: "
+    "vllm bench serve --goodput",
+    "steady_state": "AISBench stable_stage: requests started while the requests in flight are at the concurrency; "
+    "throughput from the tokens that arrived inside that window",
+    "server_metrics": "the server's Prometheus /metrics, scraped every bench.metrics_interval_s during each run",
 }
 
 
 @dataclass(frozen=True)
 class BenchSettings(Settings):
     SECTION: ClassVar[str] = "bench"
+    NESTED: ClassVar[dict[str, type[Settings]]] = {"slo": SloSettings, "capacity": CapacitySettings}
     enabled: bool
     input_len: tuple[int, ...]
     output_len: tuple[int, ...]
@@ -72,20 +87,28 @@ class BenchSettings(Settings):
     baseline: str | None
     min_ratio: float
     bandwidth_gb_s: float | None
+    slo: SloSettings
+    capacity: CapacitySettings
+    metrics_interval_s: float
 
 
 @dataclass(frozen=True)
 class Point:
-    """One matrix point of the ladder."""
+    """One benchmark run: a matrix point of the ladder, or one repeat of a capacity probe (``label`` names it;
+    ``request_rate`` None: every request at once, bounded by ``concurrency``; a rate: arrivals at that rate with
+    ``burstiness``, no concurrency bound when ``concurrency`` is None)."""
 
     input_len: int
     output_len: int
-    concurrency: int
+    concurrency: int | None
     num_prompts: int
+    request_rate: float | None = None
+    burstiness: float = 1.0
+    label: str | None = None
 
     @property
     def name(self) -> str:
-        return f"in{self.input_len}-out{self.output_len}-c{self.concurrency}"
+        return self.label or f"in{self.input_len}-out{self.output_len}-c{self.concurrency}"
 
 
 def ladder(settings: BenchSettings) -> list[Point]:
@@ -118,15 +141,21 @@ class PointResult:
 
 
 def benchmark_args(point: Point, server: Server, *, settings: BenchSettings, tokenizer: Path, result_dir: Path) -> list:
-    """The `vllm bench serve` arguments of one point."""
+    """The `vllm bench serve` arguments of one point: vLLM's goodput against bench.slo, its percentiles."""
+    load = ["--max-concurrency", str(point.concurrency)] if point.concurrency is not None else []
+    if point.request_rate is None:
+        load += ["--request-rate", "inf"]
+    else:
+        load += ["--request-rate", f"{point.request_rate:g}", "--burstiness", f"{point.burstiness:g}"]
+    percentiles = ",".join(cap.percentile_word(p) for p in sorted({50, 99, *settings.slo.percentiles()}))
     return [
         "--backend", "vllm", "--base-url", server.url, "--model", str(server.served_model),
         "--tokenizer", str(tokenizer), "--dataset-name", "random", "--seed", str(settings.seed),
         "--random-input-len", str(point.input_len), "--random-output-len", str(point.output_len),
         "--random-range-ratio", "0", "--num-prompts", str(point.num_prompts),
-        "--max-concurrency", str(point.concurrency), "--request-rate", "inf", "--ignore-eos", "--temperature", "0",
+        *load, "--ignore-eos", "--temperature", "0",
         "--num-warmups", str(settings.num_warmups), "--ready-check-timeout-sec", "0",
-        "--percentile-metrics", ",".join(METRICS), "--metric-percentiles", "50,99",
+        "--percentile-metrics", ",".join(METRICS), "--metric-percentiles", percentiles, *settings.slo.goodput_args(),
         "--save-result", "--save-detailed", "--result-dir", str(result_dir), "--result-filename", f"{point.name}.json",
         "--label", point.name, "--disable-tqdm",
     ]  # fmt: skip
@@ -159,22 +188,54 @@ def run_benchmark(argv: Sequence[str], timeout_s: float) -> dict[str, Any]:
     return asyncio.run(asyncio.wait_for(vllm_bench.main_async(args), timeout_s))
 
 
-def run_point(point: Point, argv: list[str], *, timeout_s: float, result_file: str, command: str) -> PointResult:
+def run_point(
+    point: Point,
+    argv: list[str],
+    *,
+    timeout_s: float,
+    result_file: str,
+    command: str,
+    slo: SloSettings | None = None,
+    metrics_url: str | None = None,
+    metrics_interval_s: float = 0.5,
+) -> PointResult:
     """One point; a timeout or an exception of the benchmark is the point's finding. ``command``: the equivalent
-    `vllm bench serve ...` as the record shows it."""
+    `vllm bench serve ...` as the record shows it. With ``slo``: the objective on the run and its steady window;
+    with ``metrics_url`` (the server's base URL): its /metrics scraped while the run goes."""
     log.info("bench point %s: %s", point.name, command)
     started = time.perf_counter()
+    scrape, raw = None, None
     try:
-        raw = run_benchmark(argv, timeout_s)
+        if metrics_url is None:
+            raw = run_benchmark(argv, timeout_s)
+        else:
+            with scraping(metrics_url, metrics_interval_s) as scrape:
+                raw = run_benchmark(argv, timeout_s)
     except TimeoutError:
         reason = f"did not finish within {timeout_s:.0f} s (bench.point_timeout_s, bench.timeout_s); no request counted"
-        return PointResult(point, "timed out", reason, command, seconds=time.perf_counter() - started)
+        result = PointResult(point, "timed out", reason, command, seconds=time.perf_counter() - started)
     except Exception as exc:  # noqa: BLE001 - the benchmark raising is this point's finding
         log.exception("bench point %s: the benchmark raised", point.name)
         reason = f"the benchmark raised {type(exc).__name__}: {exc}"
-        return PointResult(point, "failed", reason, command, seconds=time.perf_counter() - started)
-    result = summarize(point, raw)
-    result.command, result.result_file, result.seconds = command, result_file, time.perf_counter() - started
+        result = PointResult(point, "failed", reason, command, seconds=time.perf_counter() - started)
+    else:
+        result = summarize(point, raw, slo=slo)
+        result.command, result.result_file, result.seconds = command, result_file, time.perf_counter() - started
+        if slo is not None:
+            steady = cap.steady_window(raw, target=point.concurrency, slo=slo)
+            window = (steady.pop("abs_start", None), steady.pop("abs_end", None))
+            if scrape is not None and steady["window_s"]:
+                steady["server_metrics"] = scrape.summary(*window)
+            result.metrics["steady"] = steady
+    if metrics_url is not None:
+        result.metrics["server_metrics"] = scrape.summary() if scrape else not_scraped("the run did not start")
+        if scrape is not None:  # how many scrapes fell while requests were in flight (fast runs can have none)
+            busy = requests_span(raw) if raw else None
+            during = scrape.summary(*busy)["samples"] if busy else 0
+            result.metrics["server_metrics"]["samples_during_requests"] = during
+    if slo is not None and "objective" not in result.metrics:
+        result.metrics["objective"] = {"met": False, "reason": f"{result.status}: {result.reason}",
+                                       "objective": slo.text()}  # fmt: skip
     return result
 
 
@@ -182,8 +243,15 @@ def _number(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def summarize(point: Point, raw: dict[str, Any]) -> PointResult:
-    """vLLM's result as bench.json's point: counts, throughput, latency mean / median / p99 (ms)."""
+def requests_span(raw: dict[str, Any]) -> tuple[float, float] | None:
+    """(first request sent, last answer complete) of a run, on vLLM's perf_counter clock; None without requests."""
+    spans = [(s, s + lat) for s, lat in zip(raw.get("start_times") or [], raw.get("latencies") or [], strict=False)]
+    return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+
+
+def summarize(point: Point, raw: dict[str, Any], slo: SloSettings | None = None) -> PointResult:
+    """vLLM's result as bench.json's point: counts, throughput, latency mean / median / p99 (ms); with ``slo``, the
+    objective on the run (vLLM's percentiles and goodput; npuport.engines.capacity.objective)."""
     completed, failed = int(raw.get("completed") or 0), int(raw.get("failed") or 0)
     full = sum(1 for n in raw.get("output_lens") or [] if n >= point.output_len)
     truncated = completed - full
@@ -193,12 +261,15 @@ def summarize(point: Point, raw: dict[str, Any]) -> PointResult:
         "duration_s": _number(raw.get("duration")),
         "request_throughput": _number(raw.get("request_throughput")),
         "output_throughput": output, "total_token_throughput": _number(raw.get("total_token_throughput")),
-        "tokens_per_user": None if output is None else output / point.concurrency,
+        "tokens_per_user": None if output is None or not point.concurrency else output / point.concurrency,
         "total_input_tokens": raw.get("total_input_tokens"), "total_output_tokens": raw.get("total_output_tokens"),
         **{f"{m}_ms": {s: _number(raw.get(f"{s}_{m}_ms")) for s in ("mean", "median", "p99")} for m in METRICS},
         "errors": list(dict.fromkeys(str(e)[:300] for e in raw.get("errors") or [] if e))[:MAX_ERRORS],
     }  # fmt: skip
     lost = point.num_prompts - completed
+    if slo is not None:
+        metrics["goodput_req_s"] = _number(raw.get("request_goodput"))
+        metrics["objective"] = cap.objective(raw, sent=point.num_prompts, lost=lost, truncated=truncated, slo=slo)
     if failed or truncated or lost:
         reason = f"{lost} of {point.num_prompts} requests failed ({failed} reported failed), {truncated} truncated"
         return PointResult(point, "failed", reason, metrics=metrics)
@@ -227,14 +298,86 @@ def run_ladder(
         elif left <= 0:
             results.append(PointResult(point, "not run", f"bench.timeout_s ({settings.timeout_s:.0f} s) was spent"))
         else:
-            argv = benchmark_args(point, server, settings=settings, tokenizer=tokenizer, result_dir=result_dir)
-            shown = benchmark_args(point, server, settings=settings, tokenizer=tokenizer,
-                                   result_dir=published_dir or result_dir)  # fmt: skip
-            command = shlex.join(["vllm", "bench", "serve", *shown])
             timeout = min(settings.point_timeout_s, left)
-            results.append(run_point(point, argv, timeout_s=timeout, result_file=f"bench/{point.name}.json",
-                                     command=command))  # fmt: skip
+            results.append(measure(point, server, settings=settings, tokenizer=tokenizer, result_dir=result_dir,
+                                   published_dir=published_dir, timeout_s=timeout))  # fmt: skip
     return results
+
+
+def measure(
+    point: Point,
+    server: Server,
+    *,
+    settings: BenchSettings,
+    tokenizer: Path,
+    result_dir: Path,
+    published_dir: Path | None,
+    timeout_s: float,
+) -> PointResult:
+    """One run of vLLM's benchmark against ``server`` (a ladder point or a probe), judged against bench.slo, with
+    the server's /metrics scraped while it runs."""
+    argv = benchmark_args(point, server, settings=settings, tokenizer=tokenizer, result_dir=result_dir)
+    shown = benchmark_args(point, server, settings=settings, tokenizer=tokenizer,
+                           result_dir=published_dir or result_dir)  # fmt: skip
+    return run_point(point, argv, timeout_s=timeout_s, result_file=f"bench/{point.name}.json",
+                     command=shlex.join(["vllm", "bench", "serve", *shown]), slo=settings.slo, metrics_url=server.url,
+                     metrics_interval_s=settings.metrics_interval_s)  # fmt: skip
+
+
+# --- the capacity search --------------------------------------------------------------------------------------------
+
+
+def capacity_not_run(settings: BenchSettings, reason: str) -> dict[str, Any]:
+    """bench.json's "capacity" when no search ran."""
+    return {"status": "not run", "reason": reason, "objective": settings.slo.text(),
+            "settings": settings.capacity.as_dict(), "capacity": None, "probes": []}  # fmt: skip
+
+
+def probe_point(settings: BenchSettings, value: float, repeat: int) -> Point:
+    """The benchmark run of one probe repeat: the first input and output length of the ladder at load ``value``."""
+    c = settings.capacity
+    lengths = f"in{settings.input_len[0]}-out{settings.output_len[0]}"
+    if c.variable == "concurrency":
+        return Point(settings.input_len[0], settings.output_len[0], int(value), c.num_prompts(value),
+                     label=f"capacity-{lengths}-c{value:g}-{repeat + 1}")  # fmt: skip
+    return Point(settings.input_len[0], settings.output_len[0], None, c.num_prompts(value), request_rate=value,
+                 burstiness=c.burstiness, label=f"capacity-{lengths}-r{value:g}-{repeat + 1}")  # fmt: skip
+
+
+def run_capacity(
+    server: Server,
+    *,
+    settings: BenchSettings,
+    tokenizer: Path,
+    result_dir: Path,
+    published_dir: Path | None = None,
+) -> dict[str, Any]:
+    """The capacity search (npuport.engines.capacity.search) with vLLM's benchmark at every probe repeat, against
+    ``server``; bench.json's "capacity"."""
+    c = settings.capacity
+    if not c.enabled:
+        return capacity_not_run(settings, "bench.capacity.enabled is false in the pipeline config")
+    started = time.monotonic()
+    deadline = started + c.timeout_s
+
+    def run(value: float, repeat: int) -> tuple[bool, dict[str, Any]]:
+        if server.exited() is not None:
+            raise cap.Stop(f"the server exited with code {server.exited()}")
+        point = probe_point(settings, value, repeat)
+        result = measure(point, server, settings=settings, tokenizer=tokenizer, result_dir=result_dir,
+                         published_dir=published_dir,
+                         timeout_s=max(1.0, min(settings.point_timeout_s, deadline - time.monotonic())))  # fmt: skip
+        record = result.as_dict()
+        return bool(record["objective"]["met"]), record
+
+    doc = cap.search(c, run)
+    doc |= {"objective": settings.slo.text(), "slo": settings.slo.as_dict(), "settings": c.as_dict(),
+            "lengths": {"input_len": settings.input_len[0], "output_len": settings.output_len[0]},
+            "method": "EvalScope SLA auto-tune: from low, double while the objective holds, then bisect; every load "
+                      "repeated, the repeats must agree; any failed request fails a run",
+            "seconds": time.monotonic() - started}  # fmt: skip
+    log.info("capacity: %s (%s)", doc["status"], doc["reason"])
+    return doc
 
 
 # --- the checks -----------------------------------------------------------------------------------------------------
@@ -396,6 +539,7 @@ def base_document(
         "server": None, "serve": dict(not_run), "points": [],
         "held": dict(not_run, status="not measured"), "efficiency": dict(not_run, status="not measured"),
         "regression": dict(not_run, status="not measured"), "accuracy": accuracy_not_run("the bench stage did not run"),
+        "capacity": capacity_not_run(settings, "the bench stage did not run"), "limits": None,
         "wall_seconds": None,
     }  # fmt: skip
 
@@ -433,9 +577,16 @@ def run_bench(
     why = not_run_reason(settings, smoke, serve=serve, accuracy=accuracy)
     if why:
         log.warning("bench: not run: %s", why)
-        return doc | {"reason": why, "serve": {"status": "not run", "reason": why}, "accuracy": accuracy_not_run(why)}
+        return doc | {
+            "reason": why,
+            "serve": {"status": "not run", "reason": why},
+            "accuracy": accuracy_not_run(why),
+            "capacity": capacity_not_run(settings, why),
+        }
     points = ladder(settings)
     check_points_fit(points, engine.max_model_len)
+    if settings.capacity.enabled:  # the probes run at the first lengths, the search has no other bound
+        check_points_fit([probe_point(settings, settings.capacity.low, 0)], engine.max_model_len)
     port = free_port(serve.host)
     argv = api_server_argv(model_dir, engine, host=serve.host, port=port, trust_remote_code=trust_remote_code)
     offline = [OfflineAnswer.from_smoke(record) for record in smoke.get("prompts") or []]
@@ -455,12 +606,18 @@ def run_bench(
             output_dir=accuracy_dir,
             published_dir=accuracy_published,
         )
+        published = Path(published_dir) if published_dir else None
         if server.ready and settings.enabled:
+            doc["capacity"] = run_capacity(server, settings=settings, tokenizer=model_dir, result_dir=Path(result_dir),
+                                           published_dir=published)  # fmt: skip
             results = run_ladder(server, points, settings=settings, tokenizer=model_dir, result_dir=Path(result_dir),
-                                 published_dir=Path(published_dir) if published_dir else None)  # fmt: skip
+                                 published_dir=published)  # fmt: skip
         exited = server.exited()
     if not server.ready and settings.enabled:
         results = [PointResult(p, "not run", f"the server did not get ready: {server.failure}") for p in points]
+        doc["capacity"] = capacity_not_run(settings, f"the server did not get ready: {server.failure}")
+    elif not settings.enabled:
+        doc["capacity"] = capacity_not_run(settings, "bench.enabled is false in the pipeline config")
     doc["server"] = server.record() | {"exited_before_shutdown": exited}
     doc["serve"] = serve_document(server, check, vllm_serve_command=doc["vllm_serve_command"])
     return conclude(doc, server, results, model_dir=model_dir, env=env, engine=engine, settings=settings,
@@ -492,6 +649,18 @@ def on_server_accuracy(
                        published_dir=Path(published_dir) if published_dir else None)  # fmt: skip
 
 
+def limits_document(points: list[dict[str, Any]], capacity: dict[str, Any], *, max_num_seqs: int) -> dict[str, Any]:
+    """The knee of each ladder series and the limit the server reached first, over the ladder's points and the
+    capacity probes' runs (npuport.engines.capacity.knee, limits)."""
+    series: dict[str, list[dict[str, Any]]] = {}
+    for p in points:
+        if p.get("status") == "ok":
+            series.setdefault(f"in{p['input_len']}-out{p['output_len']}", []).append(p)
+    knees = [{"series": name, **cap.knee(found)} for name, found in series.items()]
+    runs = [*points, *(r for probe in capacity.get("probes") or [] for r in probe.get("runs") or [])]
+    return {"knees": knees, **cap.limits(runs, knees, max_num_seqs=max_num_seqs)}
+
+
 def conclude(
     doc: dict[str, Any],
     server: Server,
@@ -513,6 +682,7 @@ def conclude(
         doc["held"]["reason"] = "bench.enabled is false in the pipeline config: no ladder ran"
     doc["efficiency"] = efficiency_check(results, model_dir=model_dir, engine=engine, env=env, settings=settings)
     doc["regression"] = regression_check(doc["points"], baseline, path=baseline_path, min_ratio=settings.min_ratio)
+    doc["limits"] = limits_document(doc["points"], doc["capacity"], max_num_seqs=engine.max_num_seqs)
     doc["wall_seconds"] = time.perf_counter() - started
     for check in ("held", "efficiency", "regression"):
         log.info("bench %s: %s (%s)", check, doc[check]["status"], doc[check]["reason"] or "-")

@@ -5,6 +5,11 @@ The server runs as ``python -m vllm.entrypoints.openai.api_server`` (the module 
 its own process group. ``served`` starts it, waits for /health and stops it by process group on every path (an
 exception inside the block included); processes it started that left the group and survive are found by their pid,
 killed and reported. The `bench` stage runs the check and its load ladder on one server (npuport.engines.bench).
+
+The server starts with the default dispositions of SIGINT and SIGTERM whatever the stage inherited
+(``npuport.core.spawn.default_signals``: a pipeline started as a background job ignores SIGINT, and so would every
+process it starts), and the stop sequence skips a signal the server's process ignores instead of waiting out its
+grace period; the shutdown record names the signal that ended it, the signals sent and the seconds it took.
 """
 
 from __future__ import annotations
@@ -27,11 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
+from npuport.core.spawn import default_signals, ignored_signals
 from npuport.engines.records import PromptRecord, replayed_temp_log, tail_lines
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 30
+# The stop sequence: each signal to the server's process group, then up to this many seconds for the group to go
+STOP_GRACE_S = 30  # SIGINT: vLLM's server shuts its engine down
+TERM_GRACE_S = 10  # SIGTERM
+KILL_GRACE_S = 10  # SIGKILL: until the kernel has ended them
 # smoke.json's "serve" since the check moved to the bench stage (kept so that readers of smoke.json find the key)
 SERVE_MOVED = {"status": "not run", "reason": "the serve check runs in the bench stage (bench.json)"}
 
@@ -48,6 +57,18 @@ def engine_flags(engine: EngineSettings, trust_remote_code: bool) -> list[str]:
     ]  # fmt: skip
     if engine.kv_cache_memory_bytes is not None:
         flags += ["--kv-cache-memory-bytes", str(engine.kv_cache_memory_bytes)]
+    if engine.max_num_batched_tokens is not None:
+        flags += ["--max-num-batched-tokens", str(engine.max_num_batched_tokens)]
+    for key, flag in (("enable_prefix_caching", "prefix-caching"), ("enable_chunked_prefill", "chunked-prefill")):
+        value = getattr(engine, key)
+        if value is not None:  # None: vLLM's default
+            flags.append(f"--enable-{flag}" if value else f"--no-enable-{flag}")
+    if engine.kv_cache_dtype != "auto":
+        flags += ["--kv-cache-dtype", engine.kv_cache_dtype]
+    for key in ("compilation_config", "additional_config"):
+        value = getattr(engine, key)
+        if value is not None:
+            flags += [f"--{key.replace('_', '-')}", json.dumps(value, sort_keys=True, separators=(",", ":"))]
     if engine.enforce_eager:
         flags.append("--enforce-eager")
     if trust_remote_code:
@@ -175,18 +196,30 @@ def wait_group_gone(proc: subprocess.Popen, pgid: int, timeout_s: float) -> bool
 
 
 def stop_group(proc: subprocess.Popen, known: dict[int, int] | None = None) -> dict[str, Any]:
-    """SIGINT to the whole process group, then SIGTERM, then SIGKILL; then SIGKILL by pid to every process of
-    ``known`` (the server's descendants, pid -> start time) that left the group and still runs. Those are reported
-    in ``left_after_shutdown``: the server's own shutdown left them behind."""
+    """SIGINT to the whole process group, then SIGTERM, then SIGKILL, each followed by its grace period; a signal
+    that the group's leader ignores (its SigIgn in /proc) is not sent: it would only cost its grace period. Then
+    SIGKILL by pid to every process of ``known`` (the server's descendants, pid -> start time) that left the group
+    and still runs. Those are reported in ``left_after_shutdown``: the server's own shutdown left them behind.
+
+    The record: ``signal`` (the one after which the group was gone), ``signals_sent``, ``ignored_by_server`` (SIGINT
+    and SIGTERM if the leader ignored them when the stop began; None where /proc does not tell) and ``seconds``."""
     pgid = proc.pid  # start_new_session made the server the leader of its own group
-    stopped = {"signal": "SIGKILL", "pgid": pgid}
+    ignored = ignored_signals(pgid) if proc.poll() is None else set()
+    ignored_stops = None if ignored is None else sorted({"SIGINT", "SIGTERM"} & ignored)
+    stopped: dict[str, Any] = {"signal": "SIGKILL", "pgid": pgid, "signals_sent": [],
+                               "ignored_by_server": ignored_stops}  # fmt: skip
     started = time.monotonic()
-    for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+    for sig, grace in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, KILL_GRACE_S)):
+        if sig.name in (ignored_stops or ()):
+            continue
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
+        stopped["signals_sent"].append(sig.name)
         if wait_group_gone(proc, pgid, grace):
             stopped["signal"] = sig.name
             break
+    if ignored_stops:
+        log.warning("the server ignored %s: not sent", ", ".join(ignored_stops))
     known = known or {}
     left = [{"pid": pid, "cmdline": _cmdline(pid)} for pid in still_running(known)]
     for entry in left:
@@ -194,10 +227,12 @@ def stop_group(proc: subprocess.Popen, known: dict[int, int] | None = None) -> d
             os.kill(entry["pid"], signal.SIGKILL)
     if left:
         log.warning("server processes left after shutdown, killed by pid: %s", left)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + KILL_GRACE_S
     while still_running(known) and time.monotonic() < deadline:  # SIGKILL takes effect when the kernel gets to it
         time.sleep(0.1)
     gone = not group_alive(pgid) and not still_running(known)
+    log.info("server stopped: %s sent, %s, %.1f s", ", ".join(stopped["signals_sent"]),
+             f"gone after {stopped['signal']}" if gone else "processes left", time.monotonic() - started)  # fmt: skip
     return stopped | {"returncode": proc.poll(), "processes_left": bool(left) or not gone,
                       "left_after_shutdown": left, "all_gone": gone,
                       "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
@@ -267,8 +302,9 @@ def start_server(server: Server, path: Path, serve: ServeSettings) -> None:
     try:
         with open(path, "ab") as out:
             started = time.perf_counter()
-            server.proc = subprocess.Popen(server.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           start_new_session=True)  # fmt: skip
+            # default dispositions of the stop signals, whatever this process inherited (npuport.core.spawn)
+            server.proc = subprocess.Popen(default_signals(server.argv), stdout=out, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         server.failure = wait_healthy(server.proc, server.url, serve.startup_timeout_s)
         if server.failure is None:
             server.startup_seconds = time.perf_counter() - started

@@ -257,7 +257,8 @@ def in_process(engine: EngineSettings) -> bool:
 
 def engine_kwargs(engine: EngineSettings) -> dict[str, Any]:
     """The engine settings as keyword arguments of vLLM's ``LLM``."""
-    kwargs = {key: value for key, value in engine.as_dict().items() if key != "in_process"}
+    # unset keys (None) are left to vLLM's own defaults for the platform
+    kwargs = {key: value for key, value in engine.as_dict().items() if key != "in_process" and value is not None}
     if in_process(engine):
         kwargs["distributed_executor_backend"] = "uni"
     return kwargs

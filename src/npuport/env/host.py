@@ -30,7 +30,9 @@ def _cpu_model() -> str:
             if key.strip().lower() == "model name":
                 return value.strip()
     if shutil.which("lscpu"):  # aarch64 (Kunpeng) kernels print no "model name" in /proc/cpuinfo
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        # LC_ALL=C: lscpu translates its field names ("Model name") under other locales
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10,
+                             env=os.environ | {"LC_ALL": "C"}).stdout  # fmt: skip
         for line in out.splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "Model name":

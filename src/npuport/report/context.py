@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import KW_ONLY, dataclass, field
@@ -42,6 +43,17 @@ class ReportContext:
         """A snakemake command line for this run (extra config files of the run appended)."""
         extra = [arg for c in self.configfiles for arg in ("--configfile", c)]
         return shlex.join(["snakemake", "--cores", "4", *(str(a) for a in args), *extra])
+
+    def portable(self, command: str) -> str:
+        """A command a stage recorded, as it reads on any host: the absolute directory it ran in (the part of a path
+        before this model's directory of artifacts as Snakemake declared it, e.g. ``/work/main/``) dropped from every
+        path, so the paths are relative to the workflow directory; a Python interpreter given by its absolute path
+        reads ``python``."""
+        results = re.escape(self.inputs.model.parent.as_posix())  # the model's directory, as Snakemake declared it
+        prefixes = set(re.findall(rf"(?<![\w.~-])(/[^\s'\"=,:]*?/)(?={results}(?:[/\s,'\"]|$))", command))
+        for prefix in sorted(prefixes, key=len, reverse=True):
+            command = re.sub(rf"(?<![\w.~/-]){re.escape(prefix)}", "", command)
+        return re.sub(r"^(\S*/)?python[\d.]*(?=\s)", "python", command)
 
     def table(self, rows, columns: Sequence[Column]) -> Md:
         return column_table(self.t, rows, columns)

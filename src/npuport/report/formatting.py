@@ -27,9 +27,10 @@ def mark(passed: bool | None) -> str:
     return {True: "✅", False: "❌"}.get(passed, "⚠")
 
 
-def status_cell(t: Messages, status: str) -> Md:
-    """✅ passed / ❌ failed / ⚠ not measured, in the report's language."""
-    return Md(f"{SYMBOLS.get(status, SYMBOLS[NOT_MEASURED])} {t('status.' + status.replace(' ', '_'))}")
+def status_cell(t: Messages, status: str, shown: str | None = None) -> Md:
+    """✅ passed / ❌ failed / ⚠ not measured, in the report's language; ``shown``: another word beside the status's
+    symbol (a verdict's ``shown``, e.g. ✅ measured)."""
+    return Md(f"{SYMBOLS.get(status, SYMBOLS[NOT_MEASURED])} {t('status.' + (shown or status).replace(' ', '_'))}")
 
 
 def stage_status(doc: Doc) -> str:

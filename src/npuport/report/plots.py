@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen before pyplot is imported
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from npuport.report.artifacts import Artifacts, dig  # noqa: E402
 
@@ -22,6 +24,7 @@ KLD_BUCKETS = "kld_buckets.png"
 LAYERS_REL_L2 = "layers_rel_l2.png"
 BENCH_THROUGHPUT = "bench_throughput.png"
 BENCH_LATENCY = "bench_latency.png"
+BENCH_CAPACITY = "bench_capacity.png"
 SIDE_COLORS = {"engine": "tab:blue", "floor": "tab:orange"}
 _DPI = 110
 
@@ -183,39 +186,134 @@ def _positive_number(value) -> float | None:
     return value if isinstance(value, int | float) and not isinstance(value, bool) and value > 0 else None
 
 
+# Per-layer capture points (layers.json: points[].kind with a layer index), one line each in the layer plot.
+LAYER_KINDS = {"attention": ("tab:blue", "o"), "mlp": ("tab:green", "s"), "layer": ("tab:purple", "^")}
+_OTHER_KIND = ("tab:gray", "v")
+# Points outside the layers (no layer index): drawn as labelled markers before and after the layer axis.
+EDGE_MARKER = {"embed": "D", "norm": "P", "logits": "*"}
+
+
+def _ratio(point: dict) -> float | None:
+    engine, floor = _positive_number(dig(point, "engine", "rel_l2")), _positive_number(dig(point, "floor", "rel_l2"))
+    return engine / floor if engine is not None and floor is not None else None
+
+
+def _layer_positions(points: list[dict]) -> tuple[dict[int, float], int]:
+    """x of every point: its layer index for per-layer points; the points without one (embed, norm, logits) before
+    layer 0 or after the last layer, in depth order, a gap apart that keeps their labels clear of the layer ticks
+    (1 up to 15 layers, 2 at 30). Also returns the layer count."""
+    layers = [p["layer"] for p in points if _in_layer(p)]
+    count = max(layers) + 1 if layers else 0
+    first = next((i for i, p in enumerate(points) if _in_layer(p)), len(points))
+    before = [i for i, p in enumerate(points) if i < first and not _in_layer(p)]
+    after = [i for i, p in enumerate(points) if i > first and not _in_layer(p)]
+    gap = max(1, round(count / 15))
+    xs = {i: float(p["layer"]) for i, p in enumerate(points) if _in_layer(p)}
+    xs |= {i: float((k - len(before)) * gap) for k, i in enumerate(before)}
+    xs |= {i: float(count - 1 + (k + 1) * gap) for k, i in enumerate(after)}
+    return xs, count
+
+
 def layers_plot(layers: dict, path: Path) -> Path | None:
-    """Relative L2 error per capture point in depth order (log y), engine and noise floor, with the gate's limit
-    (ratio x floor + epsilon) and the first point outside it marked (layers.json: points, gate, first_divergent)."""
+    """Which layer and which module kind departs from the floor, at any depth: the layer index on the x axis, one line
+    per module kind (attention output, MLP output, the layer's output), the points outside the layers (embed, final
+    norm, logits) as labelled markers before and after them. Top: engine / floor of the relative L2 error (log y)
+    with the gate's ratio; a point outside its limit (layers.json: passed false) is crossed in red and the first one
+    named. Bottom: the relative L2 error itself, engine solid and floor dashed (layers.json: points, gate,
+    first_divergent)."""
     points = [p for p in layers.get("points") or [] if isinstance(p, dict)]
     if not points:
         return None
-    xs = range(len(points))
-    figure, axes = plt.subplots(figsize=(max(7.5, 0.32 * len(points) + 3), 4.2))
-    for side, color in SIDE_COLORS.items():
-        ys = [_positive_number(dig(p, side, "rel_l2")) for p in points]
-        axes.plot(xs, [y if y is not None else float("nan") for y in ys], marker="o", markersize=3, color=color,
-                  linewidth=1.2, label=f"{side} rel L2")  # fmt: skip
-    limits = [_positive_number(p.get("limit_rel_l2")) for p in points]
+    xs, count = _layer_positions(points)
+    kinds = list(dict.fromkeys(str(p.get("kind")) for p in points if _in_layer(p)))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9.0, 6.6), sharex=True, height_ratios=(3, 2))
+    small = count > 40
+    for kind in kinds:
+        color, marker = LAYER_KINDS.get(kind, _OTHER_KIND)
+        mine = [(xs[i], p) for i, p in enumerate(points) if str(p.get("kind")) == kind and _in_layer(p)]
+        ratios = [_ratio(p) for _, p in mine]
+        top.plot([x for x, _ in mine], [nan_if_none(r) for r in ratios], color=color, marker=marker,
+                 markersize=2.5 if small else 4, linewidth=1.2, label=kind)  # fmt: skip
+        for side, style in (("engine", "-"), ("floor", "--")):
+            values = [_positive_number(dig(p, side, "rel_l2")) for _, p in mine]
+            bottom.plot([x for x, _ in mine], [nan_if_none(v) for v in values], color=color, linestyle=style,
+                        marker=marker if side == "engine" else None, markersize=2 if small else 3, linewidth=1,
+                        label=f"{kind} {side}")  # fmt: skip
+    edges = [(i, p) for i, p in enumerate(points) if not _in_layer(p)]
+    for i, p in edges:
+        name = str(p.get("point") or p.get("kind"))
+        marker = EDGE_MARKER.get(str(p.get("kind")), "X")
+        ratio = _ratio(p)
+        if ratio is not None:
+            top.scatter([xs[i]], [ratio], color="black", marker=marker, s=40, zorder=3)
+            top.annotate(name, (xs[i], ratio), xytext=(0, 7), textcoords="offset points", ha="center", fontsize=7)
+        for side, face in (("engine", "black"), ("floor", "none")):
+            value = _positive_number(dig(p, side, "rel_l2"))
+            if value is not None:
+                bottom.scatter([xs[i]], [value], marker=marker, s=30, zorder=3, edgecolors="black", facecolors=face)
     gate = layers.get("gate") or {}
-    axes.plot(xs, [y if y is not None else float("nan") for y in limits], color="red", linestyle="--", linewidth=1,
-              label=f"gate: {gate.get('ratio', '?')} x floor + {gate.get('epsilon', '?')}")  # fmt: skip
+    ratio_limit = _positive_number(gate.get("ratio"))
+    if ratio_limit is not None:
+        top.axhline(ratio_limit, color="red", linestyle="--", linewidth=1,
+                    label=f"gate: {gate.get('ratio')} x floor + {gate.get('epsilon', '?')}")  # fmt: skip
+    top.axhline(1.0, color="gray", linestyle=":", linewidth=1, label="engine = floor")
+    failed = [(i, p) for i, p in enumerate(points) if p.get("passed") is False and _ratio(p) is not None]
+    if failed:
+        top.scatter([xs[i] for i, _ in failed], [_ratio(p) for _, p in failed], color="red", marker="x", s=70,
+                    linewidths=2, zorder=4, label="outside its limit")  # fmt: skip
     divergent = layers.get("first_divergent")
-    names = [str(p.get("point")) for p in points]
-    if isinstance(divergent, dict) and divergent.get("point") in names:
-        index = names.index(divergent["point"])
-        value = _positive_number(dig(points[index], "engine", "rel_l2"))
-        axes.axvline(index, color="red", alpha=0.4, linewidth=6)
-        if value is not None:
-            axes.annotate(f"first divergent: {divergent['point']}", (index, value), xytext=(5, 8),
-                          textcoords="offset points", fontsize=8, color="red")  # fmt: skip
-    if any(_positive_number(dig(p, side, "rel_l2")) for p in points for side in SIDE_COLORS):
-        axes.set_yscale("log")
-    axes.set_xticks(list(xs), names, rotation=60, ha="right", fontsize=7)
-    axes.set_ylabel("relative L2 error vs reference (log)")
-    axes.set_title("Layer-by-layer relative L2 error: engine vs noise floor", fontsize=10)
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    named = {str(p.get("point")): i for i, p in enumerate(points)}
+    if isinstance(divergent, dict) and divergent.get("point") in named:
+        index = named[divergent["point"]]
+        if _ratio(points[index]) is not None:
+            top.annotate(f"first divergent: {divergent['point']}", (xs[index], _ratio(points[index])),
+                         xytext=(6, 8), textcoords="offset points", fontsize=8, color="red")  # fmt: skip
+    ratios = [r for r in map(_ratio, points) if r is not None] + ([ratio_limit] if ratio_limit else [])
+    if ratios:  # log y, with room above the highest point for the legend and the label of the first divergent
+        top.set_yscale("log")
+        top.set_ylim(min(min(ratios), 1.0) / 1.5, max(ratios) * 4)
+        # ratios read as numbers (0.5, 1, 2, 5), not as powers of ten; minor ticks labelled at 2, 3 and 5 only
+        top.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        top.yaxis.set_minor_formatter(FuncFormatter(_ratio_minor_label))
+    errors = [v for p in points for side in SIDE_COLORS if (v := _positive_number(dig(p, side, "rel_l2")))]
+    if errors:  # log y, room above for the legend
+        bottom.set_yscale("log")
+        bottom.set_ylim(min(errors) / 1.5, max(errors) * 3)
+    top.set_ylabel("engine / floor (rel L2, log)")
+    bottom.set_ylabel("relative L2 vs reference (log)")
+    engine_dtype, reference = layers.get("engine_dtype", "?"), layers.get("reference_dtype", "?")
+    top.set_title(f"Where the engine departs from the noise floor, layer by layer\n(engine {engine_dtype}; floor: "
+                  f"transformers {engine_dtype}; both against transformers {reference})", fontsize=10)  # fmt: skip
+    _layer_ticks(bottom, xs, points, count)
+    for axes in (top, bottom):
+        axes.grid(True, which="major", alpha=0.3)
+    top.legend(fontsize=7, ncol=3, loc="upper left")
+    bottom.legend(fontsize=7, ncol=len(kinds) or 1, loc="upper left", title_fontsize=7,
+                  title="solid, filled: engine; dashed, hollow: floor")  # fmt: skip
     return _save(figure, path)
+
+
+def _ratio_minor_label(value: float, _position=None) -> str:
+    mantissa = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
+    return f"{value:g}" if any(math.isclose(mantissa, m, rel_tol=1e-6) for m in (2, 3, 5)) else ""
+
+
+def _in_layer(point: dict) -> bool:
+    return isinstance(point.get("layer"), int) and not isinstance(point.get("layer"), bool)
+
+
+def nan_if_none(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def _layer_ticks(axes, xs: dict[int, float], points: list[dict], count: int) -> None:
+    """Integer layer ticks (at most about 16, so 28 or 80 layers stay readable) and the edge points by name."""
+    step = next((s for s in (1, 2, 4, 5, 10, 20, 25, 50, 100) if count <= 16 * s), max(1, count // 16))
+    ticks = list(range(0, count, step))
+    edges = {xs[i]: str(p.get("point") or p.get("kind")) for i, p in enumerate(points) if not _in_layer(p)}
+    positions = ticks + sorted(edges)
+    axes.set_xticks(positions, [str(t) for t in ticks] + [edges[x] for x in sorted(edges)], fontsize=8)
+    axes.set_xlabel(f"layer index ({count} layers; embed before, final norm and logits after)")
 
 
 def _bench_series(bench: dict) -> dict[str, list[dict]]:
@@ -274,6 +372,64 @@ def bench_latency_plot(bench: dict, path: Path) -> Path | None:
     return _save(figure, path)
 
 
+def _capacity_runs(bench: dict) -> tuple[list[dict], list[dict]]:
+    """The concurrency-driven runs with a goodput: the ladder's points and the capacity probes' repeats."""
+    ladder = [p for p in bench.get("points") or [] if isinstance(p, dict) and p.get("concurrency")]
+    probes = [run for probe in dig(bench, "capacity", "probes", default=[]) or [] if isinstance(probe, dict)
+              for run in probe.get("runs") or [] if isinstance(run, dict) and run.get("concurrency")]  # fmt: skip
+    return [p for p in ladder if _has_goodput(p)], [r for r in probes if _has_goodput(r)]
+
+
+def _has_goodput(run: dict) -> bool:
+    return isinstance(run.get("goodput_req_s"), int | float) and not isinstance(run.get("goodput_req_s"), bool)
+
+
+def bench_capacity_plot(bench: dict, path: Path) -> Path | None:
+    """vLLM's goodput (requests/s within bench.slo) and the server's peak KV-cache usage (/metrics) against
+    concurrency, ladder points as lines (one per input / output length), capacity probes as crosses; the capacity
+    found and each knee marked."""
+    ladder, probes = _capacity_runs(bench)
+    if not ladder and not probes:
+        return None
+    figure, axes = plt.subplots(figsize=(7.0, 3.8))
+    kv_axes = axes.twinx()
+    series: dict[str, list[dict]] = {}
+    for p in ladder:
+        series.setdefault(f"in {p.get('input_len')} / out {p.get('output_len')}", []).append(p)
+    for name, points in series.items():
+        points = sorted(points, key=lambda p: p["concurrency"])
+        xs = [p["concurrency"] for p in points]
+        line = axes.plot(xs, [p["goodput_req_s"] for p in points], marker="o", linewidth=1.3, label=f"goodput, {name}")
+        kv = [100 * nan_if_none(dig(p, "server_metrics", "kv_cache_usage", "max")) for p in points]
+        kv_axes.plot(xs, kv, linestyle="--", marker=".", color=line[0].get_color(), alpha=0.6,
+                     label=f"KV cache max, {name}")  # fmt: skip
+    if probes:
+        axes.scatter([r["concurrency"] for r in probes], [r["goodput_req_s"] for r in probes], marker="x",
+                     color="black", zorder=3, label="goodput, capacity probes")  # fmt: skip
+    found = dig(bench, "capacity", "capacity")
+    if dig(bench, "capacity", "variable") == "concurrency" and isinstance(found, int | float):
+        axes.axvline(found, color="green", linestyle=":", linewidth=1.2, label=f"capacity {found:g}")
+    for knee in dig(bench, "limits", "knees", default=[]) or []:
+        if isinstance(knee, dict) and isinstance(knee.get("concurrency"), int | float):
+            axes.axvline(knee["concurrency"], color="grey", linestyle="-.", linewidth=1,
+                         label=f"knee {knee['concurrency']:g} ({knee.get('series')})")  # fmt: skip
+    axes.set_xscale("log", base=2)
+    ticks = sorted({r["concurrency"] for r in [*ladder, *probes]})
+    axes.set_xticks(ticks, [str(t) for t in ticks])
+    axes.set_xlabel("concurrency (requests in flight)")
+    axes.set_ylabel("goodput, requests/s within the objective")
+    kv_axes.set_ylabel("peak KV-cache usage, % (/metrics)")
+    kv_axes.set_ylim(0, 105)
+    objective = dig(bench, "capacity", "objective", default="bench.slo")
+    axes.set_title(f"Goodput within {objective}, and peak KV cache\nvllm bench serve and /metrics "
+                   f"({_bench_device(bench)})", fontsize=9)  # fmt: skip
+    axes.grid(True, which="both", alpha=0.3)
+    handles = [h for ax in (axes, kv_axes) for h in ax.get_legend_handles_labels()[0]]
+    labels = [label for ax in (axes, kv_axes) for label in ax.get_legend_handles_labels()[1]]
+    axes.legend(handles, labels, fontsize=7, loc="best")
+    return _save(figure, path)
+
+
 def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
     """Draw every plot whose data was measured into ``plots_dir``; plot name -> file name."""
     drawn = {}
@@ -297,4 +453,6 @@ def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
         drawn["bench_throughput"] = BENCH_THROUGHPUT
     if bench_latency_plot(bench, plots_dir / BENCH_LATENCY):
         drawn["bench_latency"] = BENCH_LATENCY
+    if bench_capacity_plot(bench, plots_dir / BENCH_CAPACITY):
+        drawn["bench_capacity"] = BENCH_CAPACITY
     return drawn

@@ -17,6 +17,7 @@ from npuport.report.mdtext import Md, code, text
 PASSED, FAILED, NOT_MEASURED = "passed", "failed", "not measured"
 SYMBOLS = {PASSED: "✅", FAILED: "❌", NOT_MEASURED: "⚠"}
 TOKEN_CHECK = "no_real_divergence"
+DEPLOYMENT_CHECK = "deployment:"  # + the configuration's name
 # Gates on the evaluation text, and those on the positions before / after the RoPE switch (compare.gates).
 EVALUATION_GATES = ("eval_",)
 SWITCH_GATES = ("before_switch_", "after_switch_")
@@ -42,6 +43,7 @@ class Verdict:
     detail: Md  # what was measured, or why nothing was (trusted Markdown)
     evidence: str  # artifact and field(s) the verdict reads
     optional: bool = False  # not measured here leaves the overall status alone (overall_status)
+    shown: str | None = None  # the result word the row shows instead of its status's ("measured": nothing judged)
 
 
 def _stage_not_ok(t: Translate, name: str, doc) -> str:
@@ -120,6 +122,50 @@ def layers_verdict(t: Translate, layers) -> Verdict:
         )
         return Verdict("layers", PASSED, detail, evidence)
     return Verdict("layers", NOT_MEASURED, join(layers.get("reason") or t("word.no_reason")), evidence)
+
+
+def deployment_verdicts(t: Translate, compare) -> list[Verdict]:
+    """One row per deployment configuration (compare.json: deployments): passed or failed against the deployed
+    configuration, or not measured with the reason. A configuration this host cannot run (smoke.json said "not run",
+    e.g. tensor parallel over more devices than it has) leaves the overall status alone, as the NPU and GPU rows do."""
+    rows = []
+    for row in dig(compare, "deployments", "configurations", default=[]) or []:
+        if not isinstance(row, dict):
+            continue
+        name = str(row.get("name", "?"))
+        evidence = f"compare.json: deployments.configurations[{name}]"
+        status = row.get("status")
+        if status == PASSED:
+            gates = [g for g in row.get("gates") or [] if isinstance(g, dict)]
+            differential = [g for g in dig(row, "differential", "gates", default=[]) or [] if isinstance(g, dict)]
+            greedy = row.get("greedy") or {}
+            detail = t(
+                "detail.deployment_passed",
+                ratio=format_ratio(_largest(g.get("ratio_to_floor") for g in gates)),
+                deployed=format_ratio(_largest(_ratio(g.get("deployed_value"), g.get("floor")) for g in gates)),
+                spread=format_ratio(_largest(g.get("ratio_to_floor") for g in differential)),
+                greedy=f"{greedy.get('identical', '?')}/{greedy.get('compared', '?')}",
+            )
+            rows.append(Verdict(DEPLOYMENT_CHECK + name, PASSED, detail, evidence))
+        elif status == FAILED:
+            margin = format_ratio(row.get("margin"))
+            detail = t("detail.deployment_failed", reason=row.get("reason") or "?", margin=margin)
+            rows.append(Verdict(DEPLOYMENT_CHECK + name, FAILED, detail, evidence))
+        else:
+            reason = join(row.get("reason") or t("word.no_reason"))
+            rows.append(Verdict(DEPLOYMENT_CHECK + name, NOT_MEASURED, reason, evidence, optional=status == "not run"))
+    return rows
+
+
+def _largest(values) -> float | None:
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return max(numbers) if numbers else None
+
+
+def _ratio(value, floor) -> float | None:
+    if not isinstance(value, int | float) or not isinstance(floor, int | float) or floor <= 0:
+        return None
+    return value / floor
 
 
 def engine_verdict(t: Translate, smoke) -> Verdict:
@@ -238,6 +284,55 @@ def bench_regression_verdict(t: Translate, bench) -> Verdict:
     return Verdict("bench_regression", NOT_MEASURED, join(reason), evidence, optional=optional)
 
 
+def capacity_text(t: Translate, capacity: dict) -> Md | None:
+    """The capacity search's outcome in words (bench.json: capacity): the number with its interval, the top of the
+    searched range, no load meeting the objective, or where the repeats disagreed; None when no search ran."""
+    status = capacity.get("status")
+    unit = t("unit." + str(capacity.get("variable") or "concurrency"))
+    interval = capacity.get("interval") or {}
+    value, below = capacity.get("capacity"), interval.get("below")
+    low, high = capacity.get("low"), capacity.get("high")
+    if status == "measured" and capacity.get("top_of_range"):
+        return t("capacity.top", value=_g(value), unit=unit, low=_g(low), high=_g(high))
+    if status == "measured" and capacity.get("exact"):
+        return t("capacity.exact", value=_g(value), unit=unit, below=_g(below))
+    if status == "measured" and below is not None:
+        return t("capacity.between", value=_g(value), below=_g(below), unit=unit, why=capacity.get("stopped_by") or "-")
+    if status == "measured":
+        return t("capacity.at_least", value=_g(value), unit=unit, why=capacity.get("stopped_by") or "-")
+    if status == "none meets it":
+        repeats = dig(capacity, "settings", "repeats", default="?")
+        return t("capacity.none", low=_g(low), high=_g(high), unit=unit, repeats=repeats)
+    if status == "indeterminate" and capacity.get("disagreed_at") is not None:
+        probe = next((p for p in capacity.get("probes") or [] if p.get("value") == capacity["disagreed_at"]), {})
+        return t("capacity.indeterminate", value=_g(capacity["disagreed_at"]), unit=unit, met=probe.get("met", "?"),
+                 repeats=probe.get("repeats", "?"))  # fmt: skip
+    return None
+
+
+def _g(value) -> str:
+    return f"{value:g}" if isinstance(value, int | float) and not isinstance(value, bool) else "?"
+
+
+def bench_capacity_verdict(t: Translate, bench) -> Verdict:
+    """The capacity within the objective (bench.json: capacity): ✅ measured, with its number or with "no load of the
+    searched range meets it". There is no target capacity to judge it against: it never fails, and not measured
+    (switched off, indeterminate, no server) it leaves the overall status alone."""
+    evidence = "bench.json: capacity.status, capacity, interval, probes[]"
+    if not isinstance(bench, dict):
+        detail = t("why.artifact_missing", artifact="bench.json")
+        return Verdict("bench_capacity", NOT_MEASURED, detail, evidence, optional=True)
+    capacity = dig(bench, "capacity", default={})
+    outcome = capacity_text(t, capacity)
+    if capacity.get("status") in ("measured", "none meets it") and outcome is not None:
+        device = dig(bench, "platform", "device", default="?")
+        detail = t("detail.bench_capacity", capacity=outcome, objective=capacity.get("objective") or "?",
+                   runs=capacity.get("run_count", "?"), device=device)  # fmt: skip
+        return Verdict("bench_capacity", PASSED, detail, evidence, shown="measured")
+    reason = join(outcome, capacity.get("reason") or bench.get("reason") or t("word.no_reason"))
+    return Verdict("bench_capacity", NOT_MEASURED, reason, evidence, optional=True)
+
+
 def accuracy_verdict(t: Translate, accuracy) -> Verdict:
     """The lm-eval tasks: the engine not significantly worse than the reference and within accuracy.max_drop
     (accuracy.json: check). Switched off in the config, it leaves the overall status alone."""
@@ -302,6 +397,8 @@ def gate_label(t: Translate, name: str, metric: object = None) -> Md:
 
 def check_label(t: Translate, check: str) -> Md:
     """The name of a conclusion row: its catalog label, a gate's or a fixed threshold's from its metric."""
+    if check.startswith(DEPLOYMENT_CHECK):
+        return t("check.deployment", name=code(check.removeprefix(DEPLOYMENT_CHECK)))
     if check in GATE_NAMES:
         return t("check.gate", gate=gate_label(t, check))
     if t.has("check." + check):
@@ -387,8 +484,10 @@ def verdicts(t: Translate, artifacts: Artifacts) -> list[Verdict]:
         tokens_verdict(t, compare),
         *gate_verdicts(t, compare),
         layers_verdict(t, docs["layers"]),
+        *deployment_verdicts(t, compare),
         bench_held_verdict(t, bench),
         bench_regression_verdict(t, bench),
+        bench_capacity_verdict(t, bench),
         accuracy_verdict(t, docs["accuracy"]),
     ]
 

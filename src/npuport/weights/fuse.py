@@ -54,7 +54,7 @@ def ternary_group_size(weight: torch.Tensor, sample_rows: int = 8) -> int | None
     A cheap look at the first rows rejects latent tensors before the full check, which runs over blocks of rows
     small enough for the check's temporaries to stay in cache (groups never span rows, so the result is the same).
     """
-    with _one_torch_thread():
+    with one_torch_thread():
         group = detect_group_size(weight[:sample_rows])
         if group is None:
             return None
@@ -67,7 +67,7 @@ def ternary_group_size(weight: torch.Tensor, sample_rows: int = 8) -> int | None
 
 
 @contextlib.contextmanager
-def _one_torch_thread():
+def one_torch_thread():
     """The sample and the blocks of the check are too small to share between threads: on a busy host the threads
     of each small op wait for one another (measured 2-3x slower with 2 threads on 2 shared cores). Another core
     copies bytes meanwhile."""

@@ -137,7 +137,8 @@ def _read_config(directory: Path) -> tuple[dict, list[str]]:
 
 def _declared(config: dict, field: str):
     if field == "dtype":
-        return config.get("dtype", config.get("torch_dtype"))
+        # transformers >= 4.56 writes dtype, earlier versions torch_dtype
+        return config.get("dtype") or config.get("torch_dtype")
     return config.get(field)
 
 

@@ -8,6 +8,17 @@ from npuport.core.errors import NpuportError
 from npuport.weights.repair_config import repaired_view
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tiktoken.model")
+# transformers' VERY_LARGE_INTEGER, int(1e30): what save_pretrained writes as model_max_length for a tokenizer
+# without a length limit (transformers' own tests read any value at or above it as "no limit").
+VERY_LARGE_INTEGER = int(1e30)
+
+
+def length_limit(tokenizer) -> int | None:
+    """The tokenizer's model_max_length, or None when it has none (absent, or transformers' "no limit")."""
+    value = getattr(tokenizer, "model_max_length", None)
+    if not isinstance(value, int) or isinstance(value, bool) or value >= VERY_LARGE_INTEGER:
+        return None
+    return value
 
 
 def check_tokenizer(model_dir: str | Path, embedding_rows: int, trust_remote_code: bool = False) -> dict:
@@ -25,7 +36,9 @@ def check_tokenizer(model_dir: str | Path, embedding_rows: int, trust_remote_cod
     size = len(tokenizer)
     if size > embedding_rows:
         raise NpuportError(model_dir, f"tokenizer has {size} tokens but the embedding has only {embedding_rows} rows")
-    return {"class": type(tokenizer).__name__, "tokens": size, "embedding_rows": embedding_rows}
+    # model_max_length null: no limit (the engines' length is engine.max_model_len either way)
+    return {"class": type(tokenizer).__name__, "tokens": size, "embedding_rows": embedding_rows,
+            "model_max_length": length_limit(tokenizer)}  # fmt: skip
 
 
 def check_checkpoint_tokenizer(download_dir: str | Path, config: dict, trust_remote_code: bool = False) -> dict:

@@ -68,14 +68,23 @@ def _fusion(r: ReportContext, fuse: Doc) -> Md:
         "fuse.linears_value", ternary=f.value(fuse.get("linears_ternary")), checked=f.value(fuse.get("linears_checked"))
     )
     output = t("fuse.output_value", shards=len(fuse.get("shards") or []), size=f.bytes(fuse.get("total_bytes")))
+    # not fused (no ternary QAT evidence, mode never): not being ternary is what was expected, never a ❌, and no
+    # group size was used
+    all_ternary, group_size = mark(fuse.get("all_linears_ternary")), _group_size(r, fuse)
+    if fuse.get("ternary_expected") is False:
+        all_ternary = t("fuse.not_expected")
+        linears = t("fuse.linears_not_fused", ternary=f.value(fuse.get("linears_ternary")),
+                    checked=f.value(fuse.get("linears_checked")))  # fmt: skip
+        if not fuse.get("tensors_quantized"):
+            group_size = t("fuse.group_size_unused")
     rows = [
         (t("fuse.mode"), f.value(fuse.get("mode")), "mode"),
         (t("fuse.fused"), f.value(fuse.get("fused")), "fused"),
         (t("fuse.qat_evidence"), qat_summary(r, fuse.part("qat_evidence")), "qat_evidence.summary, evidence"),
-        (t("fuse.group_size"), _group_size(r, fuse), "group_size, group_size_source, group_size_detail"),
+        (t("fuse.group_size"), group_size, "group_size, group_size_source, group_size_detail"),
         (t("fuse.quantized"), f.value(fuse.get("tensors_quantized")), "tensors_quantized"),
         (t("fuse.linears"), linears, "linears_ternary, linears_checked"),
-        (t("fuse.all_ternary"), mark(fuse.get("all_linears_ternary")), "all_linears_ternary"),
+        (t("fuse.all_ternary"), all_ternary, "all_linears_ternary, ternary_expected"),
         (t("fuse.output"), output, "shards, total_bytes"),
         (t("fuse.side_files"), ", ".join(fuse.get("side_files") or []) or t("word.none"), "side_files"),
     ]
@@ -97,9 +106,11 @@ def qat_summary(r: ReportContext, qat: Doc) -> Md:
     qat_evidence); "not measured" where the artifact holds none."""
     if not qat:
         return text(r.f.missing)
-    details = [e.get("detail") for e in qat.records("evidence") if e.get("detail")]
+    summary = str(qat.get("summary") or "-")
+    # the summary already quotes the deciding piece's detail: each other piece once, none twice
+    details = list(dict.fromkeys(str(e.get("detail")) for e in qat.records("evidence") if e.get("detail")))
     found = r.t("word.found") if qat.get("found") else r.t("word.none_found")
-    return join(Md(f"{found}: {text(qat.get('summary') or '-')}"), *details)
+    return join(Md(f"{found}: {text(summary)}"), *(d for d in details if d not in summary))
 
 
 def _group_size(r: ReportContext, fuse: Doc) -> Md:

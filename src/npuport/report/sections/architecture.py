@@ -117,7 +117,8 @@ def _weights(r: ReportContext, intro: Doc, derived: Doc) -> Md:
         quantizers = t("weights.quantizers_found", n=len(modules), names=", ".join(modules[:5]))
     else:
         quantizers = t("weights.no_quantizers") if modules == [] else f.missing
-    group = ternary.get("group_size")
+    qat = derived.part("qat")
+    status = _ternary_status(r, ternary.get("status"), qat)
     sample = t(
         "weights.sample",
         rows=f.value(ternary.get("rows_sampled_per_tensor")),
@@ -131,21 +132,35 @@ def _weights(r: ReportContext, intro: Doc, derived: Doc) -> Md:
         (t("weights.bytes"), f.bytes(derived.get("total_bytes")), "introspect.json: derived.total_bytes"),
         (t("weights.dtype"), f.value(derived.get("dtype")), "introspect.json: derived.dtype"),
         (t("weights.quantizers"), quantizers, "introspect.json: derived.quantizer_modules"),
-        (t("weights.qat"), qat_summary(r, derived.part("qat")), "introspect.json: derived.qat"),
-        (t("weights.ternary"), _ternary_status(r, ternary.get("status")), "introspect.json: derived.ternary.status"),
-        (
-            t("weights.group_size"),
-            t("weights.per_row", size=group) if ternary.get("per_row") else f.value(group),
-            "introspect.json: derived.ternary.group_size, per_row",
-        ),
+        (t("weights.qat"), qat_summary(r, qat), "introspect.json: derived.qat"),
+        (t("weights.ternary"), status, "introspect.json: derived.ternary.status, qat.found"),
+        (t("weights.group_size"), *_group_size(r, ternary, qat)),
         (t("weights.sampled"), sample, "introspect.json: derived.ternary"),
     ]
     return r.facts(rows)
 
 
-def _ternary_status(r: ReportContext, status) -> Md:
+def _ternary_status(r: ReportContext, status, qat: Doc) -> Md:
+    if status == "latent" and qat and not qat.get("found"):  # no linear ternary and nothing says QAT: plain weights
+        status = "plain"
     key = "ternary." + str(status).replace(" ", "_")
     return r.t(key) if r.t.has(key) else text(status if status is not None else r.f.missing)
+
+
+def _group_size(r: ReportContext, ternary: Doc, qat: Doc) -> tuple[Md | str, str]:
+    """(value, source) of the ternary group size: the weights' own where they are ternary, else the one the QAT
+    evidence names (what fuse uses: latent weights carry none), else not applicable."""
+    group = ternary.get("group_size")
+    if group is not None:
+        shown = r.t("weights.per_row", size=group) if ternary.get("per_row") else r.f.value(group)
+        return shown, "introspect.json: derived.ternary.group_size, per_row"
+    if qat.get("group_size") is not None:
+        where = "; ".join(str(w) for w in qat.get("group_size_from") or []) or "-"
+        shown = r.t("weights.group_size_evidence", size=r.f.value(qat["group_size"]), where=where)
+        return shown, "introspect.json: derived.qat.group_size, group_size_from"
+    if ternary.get("status") in ("latent", "not applicable"):
+        return r.t("weights.group_size_none"), "introspect.json: derived.ternary.status, derived.qat.group_size"
+    return r.f.value(group), "introspect.json: derived.ternary.group_size, per_row"
 
 
 def tensor_patterns(r: ReportContext) -> list[str]:

@@ -16,7 +16,7 @@ from npuport.report.verdicts import Verdict, check_label
 def conclusion_table(r: ReportContext, rows: list[Verdict]) -> Md:
     columns = [
         ("col.check", lambda v: check_label(r.t, v.check)),
-        ("col.result", lambda v: status_cell(r.t, v.status)),
+        ("col.result", lambda v: status_cell(r.t, v.status, v.shown)),
         ("col.measured", attrgetter("detail")),
         ("col.evidence", lambda v: code(v.evidence)),
     ]

@@ -17,6 +17,7 @@ def deployment(r: ReportContext) -> dict:
     smoke = r.docs.smoke
     serve = r.docs.bench.part("serve")
     command = smoke.get("vllm_serve_command") or serve.get("vllm_serve_command")
+    command = r.portable(command) if isinstance(command, str) else None
     prompts = smoke.records("prompts")
     failed_log = smoke.get("status") != "ok" and smoke.get("log_tail")
     return {
@@ -65,6 +66,7 @@ def _serve(r: ReportContext, serve: Doc) -> dict:
     t, f = r.t, r.f
     ran = serve.get("command_ran")
     ran = shlex.join(str(a) for a in ran) if isinstance(ran, list) else ran
+    ran = r.portable(ran) if isinstance(ran, str) else None
     prompts = serve.records("prompts")
     columns = [
         (Verbatim("#"), lambda row: row[0]),

@@ -34,6 +34,23 @@ def layers_fix(r: ReportContext, kind: str) -> Md:
     return Md(f"{hint} {r.t('fix.layers_scale')}")
 
 
+HINT_KEYS = ("enforce_eager", "max_num_batched_tokens", "kv_cache_dtype", "tensor_parallel_size", "compilation_config")
+
+
+def deployment_fix(r: ReportContext, row) -> Md:
+    """A deployment configuration that departs from the deployed one: which path carries the fault, and the setting
+    that avoids it while it is fixed."""
+    differs = ", ".join(row.get("differs") or []) or str(row.part("workload").get("kind"))
+    name = code(row.get("name"))
+    if row.get("fault_on") == "the deployed configuration":
+        gates = ", ".join(g.get("threshold", "?") for g in row.records("gates") if g.get("deployed_passed") is False)
+        return r.t("fix.deployment.deployed", gates=code(gates or "?"), name=name, differs=code(differs))
+    keys = [d.split("=", 1)[0] for d in row.get("differs") or []]
+    kind = row.part("workload").get("kind")
+    hint_key = next((k for k in keys if k in HINT_KEYS), kind if kind in ("batch", "prefix_hit") else "other")
+    return r.t("fix.deployment.own", differs=code(differs), hint=r.t("fix.deployment.hint." + hint_key))
+
+
 def diagnostic_fix(fix: object) -> Md:
     """A host diagnostic's own fix (env.json), as text."""
     return text(fix or "")

@@ -34,6 +34,8 @@ def _line(r: ReportContext, doc: Doc) -> object:
         rule=code(gate.get("rule", "?")),
         ratio=r.f.value(gate.get("ratio")),
         epsilon=r.f.value(gate.get("epsilon")),
+        gain_rule=code(gate.get("gain_rule", "?")),
+        allowance=r.f.value(gate.get("gain_allowance")),
         method=doc.get("method") or r.f.missing,
     )
 
@@ -43,9 +45,11 @@ def _table(r: ReportContext, points: list[Doc]):
     columns = [
         ("col.point", lambda p: code(p.get("point"))),
         ("col.engine_rel_l2", lambda p: f.metric(p.value("engine", "rel_l2"))),
-        ("col.floor_rel_l2", lambda p: f.metric(p.value("floor", "rel_l2"))),
+        ("col.floor_rel_l2", lambda p: f.metric(p.get("floor_rel_l2", p.value("floor", "rel_l2")))),
         ("col.to_floor", lambda p: format_ratio(p.get("ratio_rel_l2")) if p.get("ratio_rel_l2") is not None else "—"),
         ("col.limit", lambda p: f.metric(p.get("limit_rel_l2"))),
+        ("col.gain", lambda p: f.metric(p.value("engine", "gain"))),
+        ("col.gain_limit", lambda p: f.metric(p.get("limit_gain"))),
         ("col.cosine", lambda p: _cosine(p.value("engine", "cosine"))),
         ("col.max_abs", lambda p: f.metric(p.value("engine", "max_abs"))),
         ("col.passed", lambda p: mark(p.get("passed"))),

@@ -35,7 +35,8 @@ class Issue:
 def issues(r: ReportContext) -> list[Issue]:
     """Host diagnostics (env.json) first, then what the pipeline's own stages found; each with its fix."""
     found = [_diagnostic(r, d) for d in r.docs.env.records("diagnostics")]
-    return found + _config_issues(r) + _stage_issues(r) + _threshold_issues(r) + _layer_issues(r)
+    found += _config_issues(r) + _stage_issues(r) + _threshold_issues(r) + _layer_issues(r)
+    return found + _deployment_issues(r)
 
 
 def _diagnostic(r: ReportContext, d: Doc) -> Issue:
@@ -136,3 +137,22 @@ def _layer_issues(r: ReportContext) -> list[Issue]:
         source="layers.json: first_divergent",
     )
     return [issue]
+
+
+def _deployment_issues(r: ReportContext) -> list[Issue]:
+    """Each deployment configuration that departs from the deployed one (compare.json: deployments)."""
+    found = []
+    for row in r.docs.compare.part("deployments").records("configurations"):
+        if row.get("status") != "failed":
+            continue
+        issue = Issue.found(
+            r,
+            id=f"deployment_{row.get('name', '?')}",
+            severity="error",
+            summary=r.t("issue.deployment", name=code(row.get("name", "?"))),
+            evidence=[row.get("reason") or "-"],
+            fix=fixes.deployment_fix(r, row),
+            source=f"compare.json: deployments.configurations[{row.get('name', '?')}]",
+        )
+        found.append(issue)
+    return found

@@ -49,9 +49,9 @@ def task_accuracy(r: ReportContext) -> dict:
         "alpha": check.get("alpha"),
         "max_drop": check.get("max_drop"),
         "commands": [
-            (side, fence(doc.get("command"), "bash"))
+            (side, fence(r.portable(doc["command"]), "bash"))
             for side, doc in (("engine", engine), ("reference", reference))
-            if doc.get("command")
+            if isinstance(doc.get("command"), str)
         ],  # fmt: skip
         "versions": engine.get("lm_eval_version") or reference.get("lm_eval_version"),
     }

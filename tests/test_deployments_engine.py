@@ -1,0 +1,235 @@
+"""Deployment configurations on the real vLLM engine (CPU backend, in-process, the embedded model).
+
+1. The logit tap takes, in compiled mode, exactly the logprobs vLLM itself reports (prompt logprobs and the sampled
+   position's top logprobs).
+2. A fault that exists in exactly one configuration fails exactly that configuration's row, with margin, and leaves
+   the other rows ✅: a 3 % scale of layer 0's MLP that only the compiled graph carries (the eager row fails, as
+   "the deployed configuration fails where eager passes"), and faults that only appear with more than one request in
+   a step, on a prefix-cache hit, or in a prefill's later chunks. The correct engine passes every row.
+
+Cost: three engine starts for the correct engine and the three workload faults (each fault switched on and off on
+the running engines, tests/fault_injection.pattern_fault), two for the graph fault (it must be traced in). The
+correct engine on two more models (the default run's embedded model with every default configuration, and the
+save_pretrained checkpoint) is asserted on the pipeline runs in tests/test_workflow.py and test_save_pretrained.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import TEST_KV_CACHE_BYTES
+
+from npuport.compare.compare import compare
+from npuport.core.settings import (
+    BaselineSettings,
+    CompareSettings,
+    EngineSettings,
+    EvaluationSettings,
+    GenerationSettings,
+)
+from npuport.engines.baseline import run_baseline
+from npuport.engines.deployment import DeploymentsSettings, configurations, engine_groups, engine_key
+from npuport.engines.records import encode_prompts, load_tokenizer, stop_token_ids
+from npuport.engines.smoke import Matrix, capture_engine, evaluation_plan, measure, run_group
+
+pytestmark = [pytest.mark.engine, pytest.mark.e2e]
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))["generation"]["prompts"]
+DEPLOYED = EngineSettings.from_config({"max_num_seqs": 8, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES})
+GENERATION = GenerationSettings.from_config({"prompts": PROMPTS, "max_tokens": 32})
+EVALUATION = EvaluationSettings.from_config({"max_tokens": 1024})  # one segment of 1024 tokens
+MATRIX = DeploymentsSettings.from_config(
+    {
+        "segments": 1,
+        "configurations": [
+            {"name": "eager", "engine": {"enforce_eager": True}},
+            {"name": "batch", "workload": {"kind": "batch", "concurrent": 8}},
+            {"name": "prefix-cache", "workload": {"kind": "prefix_hit", "prefix_tokens": 512}},
+            {"name": "chunked-prefill", "engine": {"max_num_batched_tokens": 256}},
+        ],
+    }
+)
+TEXT = (REPO / "resources" / "evaluation.txt").read_text(encoding="utf-8")
+# each workload fault and the row it must fail
+PATTERN_FAULTS = {"batch": "batch", "prefix_hit": "prefix-cache", "chunked": "chunked-prefill"}
+
+
+def _matrix(model_dir: Path, settings: DeploymentsSettings) -> tuple[Matrix, dict]:
+    tokenizer = load_tokenizer(model_dir)
+    prompts = encode_prompts(tokenizer, GENERATION)
+    stop = stop_token_ids(model_dir, tokenizer)
+    plan = evaluation_plan(model_dir, tokenizer, engine=DEPLOYED, evaluation=EVALUATION, text=TEXT)
+    segments = plan["segments"]
+    pool = [t for s in segments for t in s[1:]]
+    matrix = Matrix(configurations(settings, DEPLOYED), [list(s) for s in segments[: settings.segments]], pool,
+                    tokenizer.bos_token_id, list(prompts), GENERATION, stop.ids)  # fmt: skip
+    return matrix, plan
+
+
+def _runs(model_dir: Path, work: Path, settings: DeploymentsSettings, conditions: dict, build=None, inspect=None):
+    """smoke.json-like documents (and capture directories) of each condition (name -> the workload fault to switch
+    on, or None), one engine start per engine group for all of them; ``inspect(runner)`` runs once on the deployed
+    engine (its result under the "inspected" key)."""
+    import fault_injection
+
+    from npuport.engines.vllm_runner import VllmRunner
+
+    os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    matrix, plan = _matrix(model_dir, settings)
+    docs = {name: {"status": "ok", "settings": {"engine": DEPLOYED.as_dict()}, "rows": {}} for name in conditions}
+    records: dict[str, list] = {}
+    for engine, _group in engine_groups(matrix.deployments):
+        deployed = engine_key(engine) == engine_key(DEPLOYED)
+        with (build or _nothing)(), VllmRunner(model_dir, engine=engine, temperature=0.0, seed=42) as runner:
+            if deployed and inspect is not None:
+                inspected = inspect(runner, matrix)
+            for name, fault in conditions.items():
+                capture = work / name
+                with fault_injection.pattern_fault(fault):
+                    if deployed:
+                        if not records:  # each prompt alone: no workload fault reaches it, measured once
+                            measured, _ = measure(runner, matrix.prompts, generation=GENERATION,
+                                                  stop_ids=matrix.stop_ids)  # fmt: skip
+                            records["prompts"] = measured.records
+                        docs[name]["platform"] = runner.platform
+                        docs[name]["prompts"] = [r.as_dict() for r in records["prompts"]]
+                        docs[name] |= capture_engine(runner, records["prompts"], evaluation=plan, layers=None,
+                                                     capture_dir=capture)  # fmt: skip
+                    docs[name]["rows"] |= run_group(runner, matrix, engine, records["prompts"], capture)
+    for doc in docs.values():
+        rows = doc.pop("rows")
+        doc["deployments"] = {"segments": len(matrix.segments),
+                              "configurations": [rows[d.name] for d in matrix.deployments[1:]]}  # fmt: skip
+    if inspect is not None:
+        docs["inspected"] = inspected
+    return docs
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _judge(model_dir: Path, work: Path, docs: dict) -> dict:
+    baseline = run_baseline(model_dir, baseline=BaselineSettings.from_config({}), generation=GENERATION,
+                            max_model_len=DEPLOYED.max_model_len)  # fmt: skip
+    return {
+        name: compare(doc, baseline, model_dir, CompareSettings.from_config({}), capture_dir=work / name)
+        for name, doc in docs.items()
+    }
+
+
+def _rows(document: dict) -> dict[str, dict]:
+    return {r["name"]: r for r in document["deployments"]["configurations"]}
+
+
+def _summary(document: dict) -> dict:
+    rows = {n: (r["status"], r.get("fault_on"), round(r.get("margin") or 0, 2)) for n, r in _rows(document).items()}
+    return {"compare": document["status"], "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def embedded(default_run) -> Path:
+    return default_run / "results" / "tiny-bitcpm" / "model"
+
+
+def _tap_against_vllm(runner, matrix: Matrix) -> dict:
+    """The logit tap on the running compiled engine beside vLLM's own prompt logprobs and sampled logprobs."""
+    from safetensors.torch import load_file
+    from vllm import SamplingParams
+
+    from npuport.engines import logit_tap
+
+    llm, ids = runner._llm, matrix.segments[0][:300]
+    llm.collective_rpc(logit_tap.install)
+    params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=5, prompt_logprobs=0,
+                            extra_args={logit_tap.MARK: "x"})  # fmt: skip
+    llm.reset_prefix_cache()
+    out = llm.generate([{"prompt_token_ids": ids}], params, use_tqdm=False)[0]
+    path = runner.model_dir.parent / f"tap-check-{os.getpid()}.safetensors"
+    try:
+        found = llm.collective_rpc(logit_tap.collect, args=({"x": str(path)},))[0]["x"]
+        captured = load_file(str(path))
+    finally:
+        path.unlink(missing_ok=True)
+        llm.collective_rpc(logit_tap.remove)
+    return {"ids": ids, "found": found, "captured": captured, "out": out,
+            "compiled": llm.llm_engine.vllm_config.compilation_config.mode}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pattern_runs(embedded, tmp_path_factory):
+    work = tmp_path_factory.mktemp("patterns")
+    conditions = {"correct": None, **{kind: kind for kind in PATTERN_FAULTS}}
+    docs = _runs(embedded, work, MATRIX, conditions, inspect=_tap_against_vllm)
+    inspected = docs.pop("inspected")
+    results = _judge(embedded, work, docs)
+    print(json.dumps({name: _summary(doc) for name, doc in results.items()}, indent=1))
+    return results | {"inspected": inspected}
+
+
+@pytest.fixture(scope="module")
+def graph_run(embedded, tmp_path_factory):
+    import fault_injection
+
+    work = tmp_path_factory.mktemp("graph")
+    settings = DeploymentsSettings.from_config(
+        {"segments": 1, "configurations": [{"name": "eager", "engine": {"enforce_eager": True}},
+                                           {"name": "batch", "workload": {"kind": "batch"}}]}
+    )  # fmt: skip
+    docs = _runs(embedded, work, settings, {"graph": None}, build=fault_injection.graph_fault)
+    result = _judge(embedded, work, docs)["graph"]
+    print(json.dumps(_summary(result), indent=1))
+    return result
+
+
+def test_the_tap_takes_vllms_own_logprobs_in_compiled_mode(pattern_runs):
+    tap = pattern_runs["inspected"]
+    ids, captured, out = tap["ids"], tap["captured"], tap["out"]
+    assert tap["compiled"] != 0  # the deployed engine is compiled (0: no compilation)
+    assert tap["found"]["rows"] == len(ids) and captured["positions"].tolist() == list(range(len(ids)))
+    logprobs = torch.log_softmax(captured["logits"].float(), dim=-1)
+    own = torch.tensor([out.prompt_logprobs[i + 1][ids[i + 1]].logprob for i in range(len(ids) - 1)])
+    mine = logprobs[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    assert torch.allclose(mine, own, atol=1e-5), (mine - own).abs().max()
+    last = out.outputs[0].logprobs[0]
+    assert all(abs(entry.logprob - logprobs[-1, token].item()) < 1e-5 for token, entry in last.items())
+
+
+def test_correct_engine_passes_every_configuration(pattern_runs):
+    document = pattern_runs["correct"]
+    assert document["status"] == "passed"
+    rows = _rows(document)
+    assert set(rows) == {"eager", "batch", "prefix-cache", "chunked-prefill"}
+    assert all(row["status"] == "passed" for row in rows.values()), _summary(document)
+    # each pattern really took place
+    assert rows["batch"]["execution"]["max_requests_in_step"] == 8
+    assert rows["prefix-cache"]["execution"]["cached_tokens"][0] >= 256
+    assert rows["chunked-prefill"]["execution"]["steps"] == [4]  # 1024 tokens in chunks of 256
+
+
+@pytest.mark.parametrize(("fault", "row"), sorted(PATTERN_FAULTS.items()))
+def test_a_workload_fault_fails_exactly_its_row(pattern_runs, fault, row):
+    document = pattern_runs[fault]
+    rows = _rows(document)
+    assert document["status"] == "passed"  # the deployed configuration (each sequence alone) does not carry it
+    assert rows[row]["status"] == "failed" and rows[row]["fault_on"] == "this configuration", _summary(document)
+    assert rows[row]["margin"] >= 2, _summary(document)
+    assert all(r["status"] == "passed" for name, r in rows.items() if name != row), _summary(document)
+
+
+def test_a_graph_only_fault_fails_the_eager_row_as_the_deployed_paths(graph_run):
+    rows = _rows(graph_run)
+    assert graph_run["status"] == "failed"  # the deployed (compiled) configuration carries it
+    eager = rows["eager"]
+    assert eager["status"] == "failed" and eager["fault_on"] == "the deployed configuration", _summary(graph_run)
+    assert eager["margin"] >= 2, _summary(graph_run)
+    # batching runs on the same compiled graph: it shares the fault and differs in nothing from the deployed run
+    assert rows["batch"]["status"] == "passed" and rows["batch"]["shared_failures"], _summary(graph_run)
