@@ -15,8 +15,9 @@ per mutant; the child installs an import hook that serves the mutated source of 
 the AST, under the module's own file name) and runs pytest on the module's fast tests in-process. A child that
 fails a test or errors kills the mutant; one that passes lets it survive; one past ``--timeout`` is killed by pid.
 
-Survivors listed in ``EQUIVALENT`` (with the reason they change no verdict) are shown apart; "verdict-changing
-survivors" are the others, as a share of the mutants that are not equivalent. Written for issue 25
+Survivors listed in ``HARMLESS`` (with the reason they change no verdict: an equivalent mutant, or one that only
+changes wording or an unused default) are shown apart; "verdict-changing survivors" are the others, as a share of the
+mutants that are not harmless. Written for issue 25
 (benchmarks/README.md has the counts); why not mutmut or cosmic-ray is said there too.
 """
 
@@ -139,8 +140,15 @@ MODULES: dict[str, Target] = {
 # Survivors that change no verdict, by (module, mutant description) -> why. A description names the function and
 # the edit; it does not carry a line number, so it survives unrelated edits of the file.
 SYMMETRIC = "min / max of two values: the same whichever comes first"
+SPAN = "_span is the larger of the values present: the same whichever comes first"
+SOLVER = "the solver's lower bracket or tolerance: the answer moves by < 1e-8, below the 1e-6 points it is recorded to"
+EXACT = "differs only where two computed reals are equal to the last bit"
+ROUNDING = "the decimals a figure is recorded to (points, 6 or 7): nothing is judged on the last one"
+UNKNOWN_DTYPE = ("the width assumed for a tensor dtype outside DTYPE_BYTES (none of those fuse writes); the efficiency "
+                 "figure is reported, no gate reads it")  # fmt: skip
+WORDING = "the row's wording only (its detail or reason), not its status"
 LAST_AXIS = "dim -1 and dim 1 are the same axis of the 2-D [positions, vocab] tensors (and [positions, 1] index) here"
-EQUIVALENT: dict[tuple[str, str], str] = {
+HARMLESS: dict[tuple[str, str], str] = {
     ("statistics", "mean_and_uncertainty: `var > 0`: Gt -> GtE"): "var == 0 gives sqrt(0 / (n - 1)) = 0 either way",
     **{("statistics", f"position_values: `-1`: drop USub{n}"): LAST_AXIS
        for n in ("", " (#2)", " (#3)", " (#4)", " (#5)", " (#6)", " (#7)", " (#8)")},
@@ -163,6 +171,58 @@ EQUIVALENT: dict[tuple[str, str], str] = {
     SYMMETRIC,
     ("layers", "point_record: `max(0.0, 1.0 - engine['cosine'])`: swap first two arguments"): SYMMETRIC,
     ("layers", "point_record: `max(0.0, 1.0 - floor['cosine'])`: swap first two arguments"): SYMMETRIC,
+    ("layers", "point_record: `_span(floor['rel_l2'], alt['rel_l2'])`: swap first two arguments"): SPAN,
+    ("layers", "point_record: `_span(_ratio(engine['rel_l2'], limit), _ratio(abs(engine['gain']) i...`: swap first two "
+     "arguments"): SPAN,
+    ("layers", "point_record: `gains and span is not None`: and <-> or"): "a floor's gain is missing exactly when its "
+    "relative L2 is (both need a non-zero reference, and then the difference is the side itself): gains is empty "
+    "exactly when span is None",
+    ("accuracy", "minimum_detectable_drop: `0`: 0 -> 1 (#2)"): "n <= 1 instead of n <= 0 returns 1.0: at n = 1 the "
+    "answer is 1.0 anyway (a drop of the one item needs z_alpha^2 = 2.7 pairs)",
+    ("accuracy", "minimum_detectable_drop: `min(delta + noise, 1.0)`: swap first two arguments"): SYMMETRIC,
+    ("accuracy", "minimum_detectable_drop: `max(psi - delta * delta, 0.0)`: swap first two arguments"): SYMMETRIC,
+    ("accuracy", "minimum_detectable_drop: `needed_minus_n(1.0) > 0`: Gt -> GtE"): "needed_minus_n(1.0) = z_alpha^2 "
+    "- n (psi = 1) is never exactly 0 for an integer n",
+    ("accuracy", "minimum_detectable_drop: `1e-09`: 1e-09 -> 2e-09"): SOLVER,
+    ("accuracy", "minimum_detectable_drop: `1e-09`: 1e-09 -> 2e-09 (#2)"): SOLVER,
+    ("accuracy", "minimum_detectable_drop: `1.0`: 1.0 -> 2.0 (#5)"): "the solver's upper bracket: the one root lies "
+    "in (0, 1] (needed_minus_n(1.0) <= 0 was checked) and the function stays negative above it",
+    ("accuracy", "task_verdict: `mdd > max_drop`: Gt -> GtE"): EXACT,
+    ("accuracy", "task_verdict: `mdd > max_drop`: Gt -> GtE (#2)"): EXACT,
+    ("accuracy", "task_verdict: `6`: 6 -> 7"): ROUNDING,
+    ("accuracy", "task_verdict: `6`: 6 -> 7 (#2)"): ROUNDING,
+    ("accuracy", "accuracy_check: `10.0`: 10.0 -> 20.0"): "the function's default max_drop, never used: the stage "
+    "passes accuracy.max_drop (npuport.accuracy.accuracy)",
+    ("bandwidth", "decode_bytes: `2`: 2 -> 3"): UNKNOWN_DTYPE,
+    ("bandwidth", "decode_bytes: `2`: 2 -> 3 (#2)"): UNKNOWN_DTYPE,
+    ("bandwidth", "decode_bytes: `info.nbytes // own`: FloorDiv -> Div"): "a tensor's bytes are a whole number of its "
+    "elements: the same number, as a float",
+    ("bandwidth", "decode_bytes: `size //= info.shape[0]`: FloorDiv -> Div"): "the embedding's bytes are a whole "
+    "number of rows: the same number, as a float",
+    ("bandwidth", "decode_bytes: `0`: 0 -> 1 (#3)"): "which tensor names the checkpoint's dtype under dtype auto: the "
+    "same tensor dtype in a checkpoint of one dtype",
+    ("bandwidth", "decode_bytes: `config['hidden_size'] // heads`: FloorDiv -> Div"): "hidden_size is a multiple of "
+    "the head count in a config that loads: the same number, as a float",
+    ("bench", "held_check: `0`: 0 -> 1 (#2)"): "the default of completed for a point with figures: summarize always "
+    "records completed",
+    ("bench", "efficiency_row: `decode > bound`: Gt -> GtE"): EXACT + "; and it only words the note",
+    ("bench", "_baseline_points: `p['output_throughput'] > 0`: Gt -> GtE"): "a baseline figure of 0 is then kept, but "
+    "regression_check compares only against a non-zero one (``before and ...``)",
+    **{("verdicts", description): WORDING for description in (
+        "config_verdict: `', '.join(repair.get('repaired') or []) or t('word.none')`: and <-> or",
+        "config_verdict: `repair.get('repaired') or []`: and <-> or",
+        "qat_forward_verdict: `check.get('reason') or t('why.no_values', names='qat_forward_check')`: and <-> or",
+        "layers_verdict: `layers.get('points') or []`: and <-> or",
+        "baseline_verdict: `dig(baseline, 'platform', 'device', default='?')`: swap first two arguments",
+        "accelerator_verdict: `ran_on`: negate condition",
+        "accelerator_verdict: `'why.accelerator_unused' if _present(env, check) else 'why.no_accel...`: negate "
+        "condition",
+        "accelerator_verdict: `_present(env, check)`: swap first two arguments",
+        "serve_verdict: `serve.get('reason') or t('word.no_reason')`: and <-> or",
+        "bench_held_verdict: `held.get('reason') or bench.get('reason') or t('word.no_reason')`: and <-> or",
+        "bench_regression_verdict: `regression.get('reason') or t('word.no_reason')`: and <-> or",
+        "accuracy_verdict: `check.get('reason') or accuracy.get('reason') or t('word.no_reason')`: and <-> or",
+    )},
 }  # fmt: skip
 
 # --- the mutations ------------------------------------------------------------------------------------------------
@@ -503,14 +563,14 @@ class Outcome:
     total: int = 0
     killed: int = 0
     timeouts: int = 0
-    equivalent: list[tuple[Site, str]] = field(default_factory=list)
+    harmless: list[tuple[Site, str]] = field(default_factory=list)
     survivors: list[Site] = field(default_factory=list)
     seconds: float = 0.0
     broken: bool = False  # the tests fail on the unmutated module, or the tree kept changing: no count
 
     @property
     def effective(self) -> int:
-        return self.total - len(self.equivalent)
+        return self.total - len(self.harmless)
 
 
 class Changed(Exception):
@@ -569,8 +629,8 @@ def _run_module(name: str, target: Target, *, timeout: float | None, verbose: bo
         elif result == "timeout":
             outcome.killed += 1
             outcome.timeouts += 1
-        elif (name, site.description) in EQUIVALENT:
-            outcome.equivalent.append((site, EQUIVALENT[(name, site.description)]))
+        elif (name, site.description) in HARMLESS:
+            outcome.harmless.append((site, HARMLESS[(name, site.description)]))
         else:
             outcome.survivors.append(site)
         if verbose:
@@ -580,7 +640,7 @@ def _run_module(name: str, target: Target, *, timeout: float | None, verbose: bo
 
 
 def table(outcomes: list[Outcome]) -> str:
-    head = ("module", "mutants", "killed", "(timeouts)", "survived", "equivalent", "verdict-changing survivors",
+    head = ("module", "mutants", "killed", "(timeouts)", "survived", "harmless", "verdict-changing survivors",
             "share", "seconds")  # fmt: skip
     rows = []
     for o in outcomes:
@@ -589,7 +649,7 @@ def table(outcomes: list[Outcome]) -> str:
             continue
         changing = len(o.survivors)
         share = f"{100 * changing / o.effective:.1f} %" if o.effective else "-"
-        rows.append((o.name, o.total, o.killed, o.timeouts, changing + len(o.equivalent), len(o.equivalent),
+        rows.append((o.name, o.total, o.killed, o.timeouts, changing + len(o.harmless), len(o.harmless),
                      changing, share, f"{o.seconds:.0f}"))  # fmt: skip
     total = Outcome("total")
     for o in outcomes:
@@ -598,14 +658,14 @@ def table(outcomes: list[Outcome]) -> str:
         total.total += o.total
         total.killed += o.killed
         total.timeouts += o.timeouts
-        total.equivalent += o.equivalent
+        total.harmless += o.harmless
         total.survivors += o.survivors
         total.seconds += o.seconds
     if len(outcomes) > 1:
         changing = len(total.survivors)
         share = f"{100 * changing / total.effective:.1f} %" if total.effective else "-"
-        rows.append(("total", total.total, total.killed, total.timeouts, changing + len(total.equivalent),
-                     len(total.equivalent), changing, share, f"{total.seconds:.0f}"))  # fmt: skip
+        rows.append(("total", total.total, total.killed, total.timeouts, changing + len(total.harmless),
+                     len(total.harmless), changing, share, f"{total.seconds:.0f}"))  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -615,11 +675,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--module", nargs="+", choices=sorted(MODULES), default=sorted(MODULES))
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
-    parser.add_argument("--survivors", action="store_true", help="print every survivor (and equivalent mutant)")
+    parser.add_argument("--survivors", action="store_true", help="print every survivor (the harmless ones too)")
     parser.add_argument("--verbose", action="store_true", help="one line per mutant as it runs")
     parser.add_argument("--timeout", type=float, help="seconds per mutant (default: 4 x the clean run + 10, >= 30)")
     parser.add_argument("--logs", type=Path, help="keep each child's pytest output in this directory")
-    parser.add_argument("--replay", type=Path, help="tabulate a saved --verbose run again (with EQUIVALENT as it is "
+    parser.add_argument("--replay", type=Path, help="tabulate a saved --verbose run again (with HARMLESS as it is "
                         "now) instead of running anything")  # fmt: skip
     parser.add_argument("--tests", nargs="+", help="pytest arguments instead of each module's own (e.g. a count "
                         "before new tests: the old test files only)")  # fmt: skip
@@ -646,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         outcome = run_module(name, target, timeout=args.timeout, verbose=args.verbose, log_dir=args.logs)
         outcomes.append(outcome)
         print(f"{name}: {outcome.killed}/{outcome.total} killed, {len(outcome.survivors)} verdict-changing "
-              f"survivors, {len(outcome.equivalent)} equivalent ({outcome.seconds:.0f} s)", flush=True)  # fmt: skip
+              f"survivors, {len(outcome.harmless)} harmless ({outcome.seconds:.0f} s)", flush=True)  # fmt: skip
     print()
     print(table(outcomes))
     _print_survivors(outcomes, args.survivors)
@@ -659,8 +719,8 @@ def _print_survivors(outcomes: list[Outcome], wanted: bool) -> None:
     for o in outcomes:
         for site in o.survivors:
             print(f"SURVIVED {o.name} line {site.line}: {site.description}")
-        for site, why in o.equivalent:
-            print(f"equivalent {o.name} line {site.line}: {site.description} ({why})")
+        for site, why in o.harmless:
+            print(f"harmless {o.name} line {site.line}: {site.description} ({why})")
 
 
 VERBOSE_LINE = re.compile(r"^  \[(\w+) (\d+)/(\d+)\] (\w+) +line (\d+): (.*)$")
@@ -688,8 +748,8 @@ def replay(log: str, modules: list[str]) -> list[Outcome]:
             if result in ("failed", "timeout"):
                 outcome.killed += 1
                 outcome.timeouts += result == "timeout"
-            elif (name, site.description) in EQUIVALENT:
-                outcome.equivalent.append((site, EQUIVALENT[(name, site.description)]))
+            elif (name, site.description) in HARMLESS:
+                outcome.harmless.append((site, HARMLESS[(name, site.description)]))
             else:
                 outcome.survivors.append(site)
         outcomes.append(outcome)

@@ -9,10 +9,12 @@ from scratch (nothing reused); with --workdir a completed run in DIR is read. Pr
   max RSS; wall - CPU is what the stage spent waiting (on 2 cores a stage can also use more CPU than wall);
 - the run's wall time, from Snakemake's log (its start to its last line, 1 s resolution);
 - inside the two engine stages, the phases between the job's start (Snakemake's log) and the timestamped lines
-  npuport writes to logs/<model>/<stage>.log: in `smoke` imports and preparation, engine construction (vLLM's
-  profiling and KV cache sizing inside), the warm-up request, the measured requests, the captures, the offline
-  engine's shutdown; in `bench` imports, the server start (until /health answers), the serve check, the engine's
-  accuracy tasks (lm-eval), the load ladder, the server's shutdown; and what follows until each job ends.
+  npuport writes to logs/<model>/<stage>.log: in `smoke` imports and preparation, the deployed engine's
+  construction (compilation, vLLM's profiling and KV cache sizing inside), the warm-up request, the measured
+  requests, the evaluation logits, the configurations sharing the deployed engine and its shutdown, then the other
+  engines (smoke.json: each deployment configuration's engine start and workload seconds); in `bench` imports,
+  the server start (until /health answers), the serve check, the engine's accuracy tasks (lm-eval), the load
+  ladder, the server's shutdown; and what follows until each job ends.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ PHASES = {
         ("engine construction (load, profiling, KV cache)", re.compile(r"vllm_runner: engine started")),
         ("warm-up request", re.compile(r"npuport\.engines\.records: warm-up:")),
         ("measured requests (one at a time, then the batch)", re.compile(r"npuport\.engines\.smoke: throughput:")),
-        ("captures (evaluation logits, layer points)", re.compile(r"npuport\.engines\.smoke: captured the engine at")),
-        ("offline engine shutdown", re.compile(r"npuport\.engines\.vllm_runner: engine shut down")),
+        ("evaluation logits (every segment, alone)", re.compile(r"npuport\.engines\.smoke: captured the engine's")),
+        ("configurations on the deployed engine, its shutdown", re.compile(r"vllm_runner: engine shut down")),
+        # the last shutdown in the log (LAST): every other engine's start, workloads and shutdown
+        ("LAST the other engines (configurations, layer capture)", re.compile(r"vllm_runner: engine shut down")),
     ),
     "bench": (
         ("imports", re.compile(r"npuport\.engines\.serve_check: server: ")),
@@ -113,7 +117,9 @@ def stage_phases(workdir: Path, model: str, log: str, stage: str, wall: float) -
             stamps.append((datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S,%f"), line))
     phases, previous = [], starts[0]
     for name, pattern in PHASES[stage]:
-        hit = next((when for when, line in stamps if when >= previous and pattern.search(line)), None)
+        hits = [when for when, line in stamps if when >= previous and pattern.search(line)]
+        hit = (hits[-1] if name.startswith("LAST ") else hits[0]) if hits else None
+        name = name.removeprefix("LAST ")
         if hit is None:
             phases.append((name, float("nan")))
             continue
@@ -121,6 +127,25 @@ def stage_phases(workdir: Path, model: str, log: str, stage: str, wall: float) -
         previous = hit
     phases.append((f"writing {stage}.json, exit", (starts[0] - previous).total_seconds() + wall))
     return phases
+
+
+def configurations(smoke_json: Path) -> None:
+    """Per deployment configuration (smoke.json: deployments): its engine's start (shared engines: the same start)
+    and its workload's seconds (greedy prompts and scored segments)."""
+    import json
+
+    if not smoke_json.is_file():
+        return
+    smoke = json.loads(smoke_json.read_text(encoding="utf-8"))
+    print("\n| configuration (smoke) | engine start s | workload s | status |")
+    print("|---|---:|---:|---|")
+    print(f"| deployed | {smoke.get('load_seconds') or float('nan'):.1f} | | {smoke.get('status')} |")
+    for row in (smoke.get("deployments") or {}).get("configurations") or []:
+        start, work = row.get("engine_start_s"), row.get("seconds")
+        shared = " (the deployed engine)" if start == smoke.get("load_seconds") else ""
+        start_text = f"{start:.1f}{shared}" if isinstance(start, float) else "—"
+        work_text = f"{work:.1f}" if isinstance(work, float) else "—"
+        print(f"| {row['name']} | {start_text} | {work_text} | {row['status']} |")
 
 
 def main() -> None:
@@ -144,6 +169,7 @@ def main() -> None:
     print(f"| sum of stages | {total:.1f} | {sum(r[2] for r in rows):.1f} | | |")
     here = f"; measured here {measured:.1f} s" if measured else ""
     print(f"\nrun wall (Snakemake's log): {run_wall(log):.0f} s{here}")
+    configurations(workdir / "results" / args.model / "smoke.json")
     for stage in PHASES:
         wall = next((r[1] for r in rows if r[0] == stage), None)
         if wall is None:

@@ -51,6 +51,23 @@ def test_a_complete_point_is_ok_with_vllms_figures():
     assert m["itl_ms"] == {"mean": None, "median": None, "p99": None}  # not in the result: None, not 0
 
 
+def test_errors_are_kept_once_each_cut_to_300_characters_at_most_three():
+    errors = ["x" * 400, "x" * 400, "", None, "b", "c", "d"]
+    assert summarize(POINT, raw(errors=errors)).metrics["errors"] == ["x" * 300, "b", "c"]
+
+
+def test_with_an_objective_the_point_carries_it_with_its_counts():
+    from npuport.engines.capacity import SloSettings
+
+    result = summarize(POINT, raw(completed=13, failed=2, output_lens=[8] * 13, request_goodput=4.0),
+                       slo=SloSettings.from_config({}))  # fmt: skip
+    assert result.metrics["goodput_req_s"] == 4.0
+    objective = result.metrics["objective"]
+    assert objective["met"] is False and objective["reason"].startswith("3 of 16 requests failed, 0 truncated")
+    assert objective["share_within"] == 8 / 16  # 4 requests/s within the objective over 2 s, of 16 sent
+    assert "objective" not in summarize(POINT, raw()).metrics  # no objective asked, none recorded
+
+
 def test_answers_of_exactly_output_len_tokens_are_complete_and_shorter_ones_truncated():
     longer = summarize(POINT, raw(output_lens=[8] * 15 + [9]))
     assert longer.status == "ok" and longer.metrics["truncated"] == 0  # n >= output_len is whole
@@ -104,6 +121,7 @@ def test_a_point_that_timed_out_or_did_not_run_is_not_held(status):
     held = held_check([ok(c1), stopped])
     assert held["status"] == "failed" and held["points_not_ok"] == {c2.name: "did not finish within 120 s"}
     assert held["failed_requests"] == 0  # no figures: nothing counted, the point itself fails it
+    assert held["reported_failed"] == 0 and held["truncated_requests"] == 0
 
 
 def test_no_point_is_not_measured():
@@ -161,6 +179,7 @@ def test_which_bandwidth_bounds_the_decode():
     configured = select_bandwidth(H100, 100.0, devices=2)
     assert configured["kind"] == "configured" and configured["bytes_per_s"] == 2e11
     assert configured["per_device_bytes_per_s"] == 1e11
+    assert select_bandwidth(H100, None)["bytes_per_s"] == 3.35e12  # one device unless told otherwise
     nominal = select_bandwidth(H100, None, devices=2)
     assert nominal["kind"] == "nominal" and nominal["bytes_per_s"] == 2 * 3.35e12
     assert nominal["per_device_bytes_per_s"] == 3.35e12 and nominal["device_name"] == "NVIDIA H100 80GB HBM3"
@@ -258,7 +277,7 @@ BASELINE = {
     "platform": {"device": "Ascend910B3"},
     "engine": {"version": "0.18.0"},
     "points": [bench_point(16, 1, 100.0), bench_point(16, 2, 200.0), bench_point(16, 4, 0.0),
-               bench_point(32, 1, None), bench_point(64, 1, 50.0)],
+               bench_point(32, 1, None), bench_point(64, 1, 50.0), bench_point(8, 1, 0.5)],
 }  # fmt: skip
 
 
@@ -279,6 +298,8 @@ def test_regression_ratio_per_matching_point():
     assert check["baseline"] == "earlier/bench.json" and check["min_ratio"] == 0.97
     assert check["baseline_run"] == {"platform": "Ascend910B3", "engine": "0.18.0"}
     assert check["points"][0]["baseline_output_throughput"] == 100.0 and check["points"][0]["output_throughput"] == 97.0
+    slow = regression_check([bench_point(8, 1, 0.49)], BASELINE, path="x", min_ratio=0.97)  # 0.5 tok/s before
+    assert slow["points"][0]["ratio"] == pytest.approx(0.98) and slow["status"] == "passed"
     passed = regression_check(now[:1], BASELINE, path="x", min_ratio=0.97)
     assert passed["status"] == "passed" and passed["reason"] is None
 
@@ -313,5 +334,7 @@ def test_stage_status():
         "the server exited during the ladder (code -9), before point in16-out8-c4; in16-out8-c2: failed (lost); "
         "in16-out8-c4: not run (the server exited with code -9)"
     )
+    spent = [ok(c1), PointResult(c2, "not run", "bench.timeout_s (600 s) was spent")]
+    assert stage_status(server(), spent) == ("failed", "in16-out8-c2: not run (bench.timeout_s (600 s) was spent)")
     status, reason = stage_status(server(left=[4242]), [ok(c1)])
     assert status == "failed" and reason == "server processes left after shutdown: [4242]"

@@ -169,3 +169,49 @@ def test_summary_is_the_largest_ratio_and_where():
     assert unrated["ratio_rel_l2"] is None
     assert summary([unrated, *points]) == {"max_ratio_rel_l2": pytest.approx(3.5), "point": "layers.0.mlp"}
     assert summary([unrated]) is None and summary([]) is None
+
+
+# -- the rule as it stands: the floor spans two attention implementations, and the gain gate --------------------------
+# Reference (1, 0); a side (1 + a, b) has relative L2 error sqrt(a^2 + b^2) and gain a (its error along the reference).
+
+
+def side_at(a: float, b: float) -> PointStats:
+    return stats([[1.0 + a, b]], [[1.0, 0.0]])
+
+
+def test_gain_is_the_error_along_the_reference():
+    assert side_at(0.03, 0.0).gain == pytest.approx(0.03) and side_at(-0.1, 0.2).gain == pytest.approx(-0.1)
+    assert stats([[3.0, 5.0]], [[3.0, 4.0]]).gain == pytest.approx((29 - 25) / 25)
+    assert stats([[0.0, 0.0]], [[0.0, 0.0]]).gain == 0.0  # nothing on either side
+    assert (
+        stats([[0.0, 2.0]], [[0.0, 0.0]]).gain == math.inf
+        and stats([[0.0, 2.0]], [[0.0, 0.0]]).metrics()["gain"] is None
+    )
+    assert Gate(2.0, 0.1).gain_limit(0.02, 0.1) == pytest.approx(2 * 0.02 + 0.5 * 0.1 + 0.1)  # allowance 0.5
+    assert Gate(2.0, 0.1, gain_allowance=1.0).gain_limit(0.02, 0.1) == pytest.approx(0.24)
+
+
+def test_the_floor_is_the_larger_of_the_two_implementations():
+    gate = Gate(2.0, 0.001)
+    floor, alt = side_at(0.01, 0.05), side_at(-0.05, 0.12)  # rel_l2 0.0510 / 0.13, gain 0.01 / -0.05
+    engine = side_at(0.16, 0.1)  # rel_l2 sqrt(0.0356) = 0.1887, gain 0.16
+    record = point_record("layers.2.self_attn", PointPair(engine=engine, floor=floor, floor_alt=alt), gate)
+    rel = math.sqrt(0.0356)
+    assert record["floor_rel_l2"] == pytest.approx(0.13)
+    assert record["limit_rel_l2"] == pytest.approx(2 * 0.13 + 0.001)
+    assert record["limit_gain"] == pytest.approx(2 * 0.05 + 0.5 * 0.13 + 0.001)  # the larger |gain| of the floors
+    assert record["ratio_rel_l2"] == pytest.approx(rel / 0.13)
+    assert record["margin"] == pytest.approx(max(rel / 0.261, 0.16 / 0.166))
+    assert record["within_rel_l2"] is True and record["within_gain"] is True and record["passed"] is True
+    # the default implementation alone understates the floor: the same engine would fail
+    alone = point_record("layers.2.self_attn", PointPair(engine=engine, floor=floor), gate)
+    assert alone["floor_rel_l2"] == pytest.approx(math.sqrt(0.0026)) and alone["passed"] is False
+
+
+@pytest.mark.parametrize("a", [0.15, -0.15])
+def test_an_error_along_the_reference_fails_the_gain_gate_within_the_relative_l2(a):
+    # floor: noise across the reference only (gain 0, rel_l2 0.1); engine: a scale of 1 + a, rel_l2 0.15 <= 0.2
+    record = point_record("layers.5.mlp", PointPair(engine=side_at(a, 0.0), floor=side_at(0.0, 0.1)), Gate(2.0, 0.0))
+    assert record["within_rel_l2"] is True and record["limit_gain"] == pytest.approx(0.05)
+    assert record["within_gain"] is False and record["passed"] is False
+    assert record["margin"] == pytest.approx(0.15 / 0.05)  # the gain's, larger than the relative L2's 0.75

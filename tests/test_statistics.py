@@ -97,6 +97,9 @@ def test_chunks_and_buckets_give_the_statistics_of_the_whole():
         end = {0: 12, 12: 25, 25: 30}[start]
         acc.add(base[start:end], other[start:end], targets[start:end], range(start, end))
     assert acc.summary() == whole
+    # and the whole is llama.cpp's statistics of those positions (computed apart, below), not just self-consistent
+    reference = _llama_cpp_statistics(position_values(base, other, targets))
+    assert whole["kld"] == pytest.approx(reference["kld"]) and whole["delta_p"] == pytest.approx(reference["delta_p"])
     buckets = acc.bucket_summaries(20)
     assert buckets["before"]["n"] == 20 and buckets["after"]["n"] == 10
     assert buckets["after"] | {"positions": None} == summarize(position_values(base[20:], other[20:], targets[20:])) | {

@@ -236,6 +236,12 @@ def test_token_row():
     assert tokens_verdict(T, {"status": "failed", "prompts": []}).status == "not measured"
     assert tokens_verdict(T, {"status": "not measured"}).status == "not measured"
     assert tokens_verdict(T, None).status == "not measured"
+    three = [{"classification": "identical", "matched": 4, "compared": 4}] * 2 + [
+        {"classification": "benign divergence", "matched": 1, "compared": 4}
+    ]
+    assert tokens_verdict(T, {"status": "passed", "prompts": three}).detail == (
+        "9 of 12 tokens matched; 2 of 3 prompts identical, 1 benign near-ties"
+    )
 
 
 def test_accelerator_rows():
@@ -293,3 +299,43 @@ def test_overall_status_with_rows_marked_optional():
     assert overall_status([v("a", "passed"), v("b", "failed", optional=True)]) == "failed"
     assert overall_status([v("b", "not measured", optional=True)]) == "not measured"
     assert overall_status([v("a", "passed"), v("c", "not measured")], optional=("c",)) == "passed"
+
+
+def test_row_details_carry_what_was_measured():
+    good = rows()
+    assert good["config"].detail.endswith("; the engine loaded the fused model with it")
+    unloaded = rows(lambda docs: docs["smoke"].update(status="failed", reason="OOM"))
+    assert "the engine loaded" not in unloaded["config"].detail
+    # prompts: 8 + 5 of 8 + 8 tokens matched, one identical, one a benign near-tie
+    assert good["tokens"].detail == "13 of 16 tokens matched; 1 of 2 prompts identical, 1 benign near-ties"
+    assert good["bench_held"].detail == "1 points, 4 requests completed; 0 failed, 0 truncated"
+    assert good["accuracy"].detail.startswith("`t`: engine 90 vs reference 91 (n 72)")
+
+    def diverged(docs):
+        docs["layers"] |= {"status": "failed", "first_divergent": {"module": "model.layers.1.mlp", "ratio": 7.0}}
+
+    assert rows(diverged)["layers"].detail == "diverges first at `model.layers.1.mlp` (engine / floor ×7.00)"
+
+    def slower(docs):
+        docs["bench"]["regression"] = {"status": "failed", "points": [{"ratio": 0.5}, {"ratio": None}, {"ratio": 0.8}],
+                                       "min_ratio": 0.97, "baseline": "b.json", "reason": "below"}  # fmt: skip
+
+    assert rows(slower)["bench_regression"].detail.startswith("lowest ratio to the baseline 0.50 (limit ≥ 0.97)")
+
+
+def test_a_cuda_run_passes_the_gpu_row():
+    def on_cuda(docs):
+        docs["smoke"]["platform"] = {"name": "cuda", "device": "NVIDIA H100 80GB HBM3"}
+        docs["env"]["platform"] = "cuda"
+
+    got = rows(on_cuda)
+    assert got["gpu"].status == "passed" and got["npu"].status == "not measured"
+    assert status(on_cuda) == "passed"
+
+
+def test_each_deployment_configuration_is_a_row():
+    def deployed(docs):
+        docs["compare"]["deployments"] = {"configurations": [{"name": "tp2", "status": "failed", "reason": "x"}]}
+
+    got = rows(deployed)
+    assert got["deployment:tp2"].status == "failed" and status(deployed) == "failed"

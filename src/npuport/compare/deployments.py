@@ -29,7 +29,7 @@ import torch
 
 from npuport.compare.floor import KV_CACHE_DTYPES, KV_ROUNDING, ROW_CHUNK, Reference, kv_cache_attention
 from npuport.compare.gates import GATES, gate_checks
-from npuport.compare.statistics import KldAccumulator
+from npuport.compare.statistics import KldAccumulator, position_values
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class DeploymentScorer:
 
         ids = self.segments[index]
         targets = torch.tensor(ids[1:])
+        shared: dict[tuple, dict] = {}  # the sides that do not depend on the configuration, per chunk of positions
         for row in self.rows:
             if row["name"] not in self.accumulators:
                 continue
@@ -102,18 +103,31 @@ class DeploymentScorer:
             own = self.precision_logits.get(precision(row))
             for start in range(0, len(rows), ROW_CHUNK):
                 at = rows[start : start + ROW_CHUNK]
-                mine = _logprobs(logits[start : start + ROW_CHUNK])
-                deployed_lp, low_lp = _logprobs(deployed[at]), _logprobs(low[at])
-                # the floor at this configuration's precision, and what its change of precision moves the reference
-                floor_lp = _logprobs(own[index][at]) if own is not None else low_lp
-                expected = floor_lp if own is not None else _logprobs(self.spread_logits[index][at])
                 where, target = at.numpy(), targets[at]
+                key = (int(at[0]), int(at[-1]), len(at))
+                if key not in shared:
+                    deployed_lp, low_lp = _logprobs(deployed[at]), _logprobs(low[at])
+                    spread_lp = _logprobs(self.spread_logits[index][at])
+                    shared[key] = {
+                        "deployed_lp": deployed_lp,
+                        "deployed": position_values(base[at], deployed_lp, target),
+                        "low": position_values(base[at], low_lp, target),
+                        "spread": position_values(low_lp, spread_lp, target),
+                        "low_lp": low_lp,
+                    }
+                common = shared[key]
+                mine = _logprobs(logits[start : start + ROW_CHUNK])
                 sides["engine"].add(base[at], mine, target, where)
-                sides["floor"].add(base[at], floor_lp, target, where)
-                sides["deployed"].add(base[at], deployed_lp, target, where)
-                sides["deployed_floor"].add(base[at], low_lp, target, where)
-                sides["differential"].add(deployed_lp, mine, target, where)
-                sides["spread"].add(low_lp, expected, target, where)
+                sides["deployed"].add_values(common["deployed"], where)
+                sides["deployed_floor"].add_values(common["low"], where)
+                sides["differential"].add(common["deployed_lp"], mine, target, where)
+                if own is None:  # the floor at the deployed precision, the spread as the differential's gate
+                    sides["floor"].add_values(common["low"], where)
+                    sides["spread"].add_values(common["spread"], where)
+                else:  # the floor at this configuration's precision, and what that change moves the reference
+                    own_lp = _logprobs(own[index][at])
+                    sides["floor"].add(base[at], own_lp, target, where)
+                    sides["spread"].add(common["low_lp"], own_lp, target, where)
 
     def document(self, *, ratio: float, ratios: Mapping[str, float]) -> dict[str, Any]:
         """compare.json's "deployments": one row per configuration smoke recorded, in its order."""

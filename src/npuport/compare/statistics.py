@@ -78,7 +78,12 @@ class KldAccumulator:
 
     def add(self, base_logprobs, other_logprobs, targets, positions) -> None:
         """Add a chunk; ``positions``: the absolute position of each row (for per-bucket statistics)."""
-        for key, value in position_values(base_logprobs, other_logprobs, targets).items():
+        self.add_values(position_values(base_logprobs, other_logprobs, targets), positions)
+
+    def add_values(self, values: dict[str, np.ndarray], positions) -> None:
+        """Add a chunk's per-position values as ``position_values`` gives them (computed once, added to several
+        accumulators)."""
+        for key, value in values.items():
             self.parts.setdefault(key, []).append(value)
         self.positions.append(np.asarray(positions, dtype=np.int64))
 

@@ -343,11 +343,11 @@ def accuracy_verdict(t: Translate, accuracy) -> Verdict:
     status = check.get("status")
     tasks = [v for v in check.get("tasks") or [] if isinstance(v, dict)]
     if status in (PASSED, FAILED):
-        shown = "; ".join(
+        shown = Md("; ".join(  # trusted: catalog messages, so join() does not escape their code spans again
             t("detail.accuracy_task", task=code(v.get("task")), engine=format_value(dig(v, "engine", "score")),
               reference=format_value(dig(v, "reference", "score")), n=v.get("n", "?"))
             for v in tasks if v.get("status") in (PASSED, FAILED)
-        )  # fmt: skip
+        ))  # fmt: skip
         return Verdict("accuracy", status, join(shown, check.get("reason")), evidence)
     reason = check.get("reason") or accuracy.get("reason") or t("word.no_reason")
     disabled = dig(accuracy, "settings", "enabled") is False
