@@ -116,8 +116,7 @@ def test_save_pretrained_checkpoints_run_through_every_stage(tmp_path, installed
         assert fuse["fused"] is False and "no sign of ternary QAT: not fused" in fuse["decision"], model
         assert {"README.md", ".gitattributes", "tokenizer_config.json"} <= set(fuse["side_files"]), model
         assert _json(results / "introspect.json")["derived"]["tie_word_embeddings"] is tied, model
-        bench = _json(results / "bench.json")
-        assert bench["serve"]["status"] == "ok" and bench["status"] == "ok", model
+        assert _json(results / "bench.json")["status"] == "not run", model  # the scenario turns the server off
         layers = _json(results / "layers.json")
         assert layers["status"] == "passed", (model, layers["first_divergent"])  # a correct engine, a plain model
         deployments = _json(results / "compare.json")["deployments"]["configurations"]
