@@ -41,4 +41,4 @@ lint: install
 test: lint
 	# SLURM daemons for the cluster test (Debian packages; needs root, else that test is skipped)
 	bash .ci/install-slurm.sh
-	$(BIN)/pytest -v -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
+	$(BIN)/pytest -v -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30

@@ -8,8 +8,9 @@
    a step, on a prefix-cache hit, or in a prefill's later chunks. (The correct engine passes every row: the default
    run's, tests/test_workflow.py.)
 
-Cost: three engine starts for the three workload faults (each fault switched on and off on the running engines,
-tests/fault_injection.pattern_fault), two for the graph fault (it must be traced in). The correct engine on two
+Cost: two eager engine starts for the three workload faults (each fault switched on and off on the running
+engines, tests/fault_injection.pattern_fault; the faults are out of the graph), two for the graph fault (compiled,
+with the fault traced in, and eager). The correct engine on two
 models (the default run's embedded model with every default configuration, and the save_pretrained checkpoint) is
 asserted on the pipeline runs in tests/test_workflow.py and tests/test_save_pretrained.py.
 """
@@ -43,13 +44,15 @@ pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))["generation"]["prompts"]
 DEPLOYED = EngineSettings.from_config({"max_num_seqs": 8, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES})
+# the workload faults are out of the graph (the model runner's step), so their engines run eagerly: two quick starts
+# instead of two compilations (the compiled path: the graph fault below, and the default run's every configuration)
+EAGER = DEPLOYED.with_overrides({"enforce_eager": True})
 GENERATION = GenerationSettings.from_config({"prompts": PROMPTS, "max_tokens": 32})
 EVALUATION = EvaluationSettings.from_config({"max_tokens": 1024})  # one segment of 1024 tokens
 MATRIX = DeploymentsSettings.from_config(
     {
         "segments": 1,
         "configurations": [
-            {"name": "eager", "engine": {"enforce_eager": True}},
             {"name": "batch", "workload": {"kind": "batch", "concurrent": 8}},
             {"name": "prefix-cache", "workload": {"kind": "prefix_hit", "prefix_tokens": 512}},
             {"name": "chunked-prefill", "engine": {"max_num_batched_tokens": 256}},
@@ -61,19 +64,20 @@ TEXT = (REPO / "resources" / "evaluation.txt").read_text(encoding="utf-8")
 PATTERN_FAULTS = {"batch": "batch", "prefix_hit": "prefix-cache", "chunked": "chunked-prefill"}
 
 
-def _matrix(model_dir: Path, settings: DeploymentsSettings) -> tuple[Matrix, dict]:
+def _matrix(model_dir: Path, settings: DeploymentsSettings, deployed: EngineSettings) -> tuple[Matrix, dict]:
     tokenizer = load_tokenizer(model_dir)
     prompts = encode_prompts(tokenizer, GENERATION)
     stop = stop_token_ids(model_dir, tokenizer)
-    plan = evaluation_plan(model_dir, tokenizer, engine=DEPLOYED, evaluation=EVALUATION, text=TEXT)
+    plan = evaluation_plan(model_dir, tokenizer, engine=deployed, evaluation=EVALUATION, text=TEXT)
     segments = plan["segments"]
     pool = [t for s in segments for t in s[1:]]
-    matrix = Matrix(configurations(settings, DEPLOYED), [list(s) for s in segments[: settings.segments]], pool,
+    matrix = Matrix(configurations(settings, deployed), [list(s) for s in segments[: settings.segments]], pool,
                     tokenizer.bos_token_id, list(prompts), GENERATION, stop.ids)  # fmt: skip
     return matrix, plan
 
 
-def _runs(model_dir: Path, work: Path, settings: DeploymentsSettings, conditions: dict, build=None, inspect=None):
+def _runs(model_dir: Path, work: Path, settings: DeploymentsSettings, conditions: dict, *, deployed: EngineSettings,
+          build=None, inspect=None):  # fmt: skip
     """smoke.json-like documents (and capture directories) of each condition (name -> the workload fault to switch
     on, or None), one engine start per engine group for all of them; ``inspect(runner)`` runs once on the deployed
     engine (its result under the "inspected" key)."""
@@ -82,18 +86,18 @@ def _runs(model_dir: Path, work: Path, settings: DeploymentsSettings, conditions
     from npuport.engines.vllm_runner import VllmRunner
 
     os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
-    matrix, plan = _matrix(model_dir, settings)
-    docs = {name: {"status": "ok", "settings": {"engine": DEPLOYED.as_dict()}, "rows": {}} for name in conditions}
+    matrix, plan = _matrix(model_dir, settings, deployed)
+    docs = {name: {"status": "ok", "settings": {"engine": deployed.as_dict()}, "rows": {}} for name in conditions}
     records: dict[str, list] = {}
     for engine, _group in engine_groups(matrix.deployments):
-        deployed = engine_key(engine) == engine_key(DEPLOYED)
+        is_deployed = engine_key(engine) == engine_key(deployed)
         with (build or _nothing)(), VllmRunner(model_dir, engine=engine, temperature=0.0, seed=42) as runner:
-            if deployed and inspect is not None:
+            if is_deployed and inspect is not None:
                 inspected = inspect(runner, matrix)
             for name, fault in conditions.items():
                 capture = work / name
                 with fault_injection.pattern_fault(fault):
-                    if deployed:
+                    if is_deployed:
                         if not records:  # each prompt alone: no workload fault reaches it, measured once
                             measured, _ = measure(runner, matrix.prompts, generation=GENERATION,
                                                   stop_ids=matrix.stop_ids)  # fmt: skip
@@ -170,11 +174,9 @@ def pattern_runs(embedded, tmp_path_factory):
     work = tmp_path_factory.mktemp("patterns")
     # the correct engine's rows: the default run's (tests/test_workflow.py), every default configuration on it
     conditions = {kind: kind for kind in PATTERN_FAULTS}
-    docs = _runs(embedded, work, MATRIX, conditions, inspect=_tap_against_vllm)
-    inspected = docs.pop("inspected")
-    results = _judge(embedded, work, docs)
+    results = _judge(embedded, work, _runs(embedded, work, MATRIX, conditions, deployed=EAGER))
     print(json.dumps({name: _summary(doc) for name, doc in results.items()}, indent=1))
-    return results | {"inspected": inspected}
+    return results
 
 
 @pytest.fixture(scope="module")
@@ -186,14 +188,17 @@ def graph_run(embedded, tmp_path_factory):
         {"segments": 1, "configurations": [{"name": "eager", "engine": {"enforce_eager": True}},
                                            {"name": "batch", "workload": {"kind": "batch"}}]}
     )  # fmt: skip
-    docs = _runs(embedded, work, settings, {"graph": None}, build=fault_injection.graph_fault)
+    docs = _runs(embedded, work, settings, {"graph": None}, deployed=DEPLOYED, build=fault_injection.graph_fault,
+                 inspect=_tap_against_vllm)  # fmt: skip
+    inspected = docs.pop("inspected")
     result = _judge(embedded, work, docs)["graph"]
     print(json.dumps(_summary(result), indent=1))
-    return result
+    return {"compare": result, "inspected": inspected}
 
 
-def test_the_tap_takes_vllms_own_logprobs_in_compiled_mode(pattern_runs):
-    tap = pattern_runs["inspected"]
+def test_the_tap_takes_vllms_own_logprobs_in_compiled_mode(graph_run):
+    # on the compiled engine that carries the graph fault: the tap takes what vLLM computed, fault or not
+    tap = graph_run["inspected"]
     ids, captured, out = tap["ids"], tap["captured"], tap["out"]
     assert tap["compiled"] != 0  # the deployed engine is compiled (0: no compilation)
     assert tap["found"]["rows"] == len(ids) and captured["positions"].tolist() == list(range(len(ids)))
@@ -216,6 +221,7 @@ def test_a_workload_fault_fails_exactly_its_row(pattern_runs, fault, row):
 
 
 def test_a_graph_only_fault_fails_the_eager_row_as_the_deployed_paths(graph_run):
+    graph_run = graph_run["compare"]
     rows = _rows(graph_run)
     assert graph_run["status"] == "failed"  # the deployed (compiled) configuration carries it
     eager = rows["eager"]
