@@ -128,11 +128,32 @@ def default_run(tmp_path_factory):
     return workdir
 
 
+# The files the workers take first, in this order (`make test`: pytest-xdist, whole files per worker, a worker taking
+# the next file when its own is nearly done). Longest first, so that no long file starts last: the SLURM run (mostly
+# waiting on the scheduler), the file whose first test starts the default run, the longest file that does not need
+# that run, the files that need it once it is there, then the other engine and end-to-end files. Every other file
+# follows in collection order, those with engine or end-to-end tests first.
+FIRST = (
+    "test_slurm.py",
+    "test_workflow.py",
+    "test_save_pretrained.py",
+    "test_deployments_engine.py",
+    "test_bench.py",
+    "test_layers.py",
+    "test_trained_stats_engine.py",
+    "test_minicpm.py",
+    "test_sensitivity.py",
+    "test_accuracy.py",
+    "test_sources_hf.py",
+    "test_report.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """The SLURM run first, then the other files with engine or end-to-end tests, then the quick ones. Under
-    pytest-xdist (`make test`: three workers, whole files each, in this order) the SLURM run, which mostly
-    waits on the scheduler, overlaps the rest, and the quick files fill in at the end."""
-    items.sort(key=lambda item: (item.path.name != "test_slurm.py", not _slow(item)))
+    """Files in the order of FIRST, then the others (see FIRST); a file's tests stay in their order."""
+    rank = {name: index for index, name in enumerate(FIRST)}
+    slow = {item.path.name for item in items if _slow(item)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(FIRST)), item.path.name not in slow))
 
 
 def _slow(item) -> bool:

@@ -77,10 +77,23 @@ def save(directory: Path, name: str, doc: dict) -> None:
 
 
 def artifact_set(tmp_path: Path) -> Path:
-    """A copy of the base set at tmp_path/results/tiny-bitcpm, to edit."""
+    """A copy of the base set at tmp_path/results/tiny-bitcpm, to edit, with the figures of the last report as the
+    report stage finds them on a rerun: the base set's, drawn once per test process (a render draws again those whose
+    data its test changed, and keeps the others: npuport.report.plots)."""
     target = tmp_path / "results" / MODEL
     shutil.copytree(BASE, target)
+    shutil.copytree(base_plots(tmp_path.parent), target / "plots")
     return target
+
+
+def base_plots(session_dir: Path) -> Path:
+    """The base set's figures, drawn by a render of it in ``session_dir`` (pytest's directory of this process) once."""
+    directory = session_dir / "base-set-plots" / MODEL
+    if not (directory / "report.md").is_file():
+        shutil.rmtree(directory.parent, ignore_errors=True)
+        shutil.copytree(BASE, directory)
+        render(directory)
+    return directory / "plots"
 
 
 def declared_inputs(directory: Path) -> dict:
@@ -447,6 +460,39 @@ def test_plots_are_pngs_linked_relative_to_the_report(real):
     ]
     for image in images:
         assert (directory / image.attrs["src"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_figure_is_drawn_again_exactly_when_its_data_or_its_code_changed(tmp_path, monkeypatch):
+    """A rerun of the report keeps the figures whose data and drawing code are those they were drawn from (the
+    digest in the PNG), and draws the others: changed data, another plot module, a PNG that is not one of ours."""
+    from npuport.report import plots
+
+    directory = artifact_set(tmp_path)
+    plots_dir = directory / "plots"
+    drawn = []
+    save_figure = plots._save
+    monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.append(path.name) or save_figure(figure, path))
+    shutil.rmtree(plots_dir)
+    render(directory)  # no previous figures: every one drawn
+    first = {p.name: p.read_bytes() for p in plots_dir.glob("*.png")}
+    assert sorted(drawn) == sorted(first) and len(first) == 7
+    digests = {name: plots.drawn_from(plots_dir / name) for name in first}
+    assert all(len(d or "") == 64 for d in digests.values()) and len(set(digests.values())) == 7
+    drawn.clear()
+    render(directory)  # nothing changed: nothing drawn, the same bytes
+    assert drawn == [] and {p.name: p.read_bytes() for p in plots_dir.glob("*.png")} == first
+    layers = load(directory, "layers.json")
+    layers["points"][3]["engine"]["rel_l2"] *= 3
+    save(directory, "layers.json", layers)
+    (plots_dir / "speed.png").write_bytes(first["kld_cdf.png"])  # a PNG drawn from other data
+    render(directory)
+    assert sorted(drawn) == ["layers_rel_l2.png", "speed.png"]
+    assert plots.drawn_from(plots_dir / "layers_rel_l2.png") not in (None, digests["layers_rel_l2.png"])
+    assert (plots_dir / "speed.png").read_bytes() == first["speed.png"]  # drawn again from its own data
+    drawn.clear()
+    monkeypatch.setattr(plots, "_code_digest", lambda: "another plots module")
+    render(directory)
+    assert sorted(drawn) == sorted(first)
 
 
 def test_report_names_the_commands_that_reproduce_each_artifact(real):

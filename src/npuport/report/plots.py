@@ -1,11 +1,18 @@
 """The report's figures (matplotlib, Agg backend): PNG files that the Markdown report links to."""
 
 # Labels are English and prompts are numbered ("prompt 1"): the default fonts have no CJK glyphs, and the
-# report's tables map each number to its prompt. A figure whose data was not measured is not drawn.
+# report's tables map each number to its prompt. A figure whose data was not measured is not drawn. A figure whose
+# data and drawing code are those of the file already in the plots directory is kept, not drawn again: each PNG
+# carries the digest of what it was drawn from (a text chunk, DATA_KEY).
 
 from __future__ import annotations
 
+import contextvars
+import functools
+import hashlib
+import json
 import math
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -27,14 +34,60 @@ BENCH_LATENCY = "bench_latency.png"
 BENCH_CAPACITY = "bench_capacity.png"
 SIDE_COLORS = {"engine": "tab:blue", "floor": "tab:orange"}
 _DPI = 110
+# The PNG text chunk holding the digest of the data and code a figure was drawn from.
+DATA_KEY = "npuport-data"
+# A previous figure larger than this is not opened to read its digest (it is drawn again).
+_MAX_PREVIOUS_BYTES = 16 << 20
+_drawing_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("npuport_plot_key", default=None)
 
 
 def _save(figure, path: Path) -> Path:
     figure.tight_layout()
     # Fixed metadata: the same data gives the same bytes, so Snakemake and reviewers see no spurious change.
-    figure.savefig(path, format="png", dpi=_DPI, metadata={"Software": None})
+    metadata = {"Software": None}
+    if _drawing_key.get():
+        metadata[DATA_KEY] = _drawing_key.get()
+    figure.savefig(path, format="png", dpi=_DPI, metadata=metadata)
     plt.close(figure)
     return path
+
+
+@functools.cache
+def _code_digest() -> str:
+    """What draws the figures: this module's source and matplotlib's version."""
+    return hashlib.sha256(Path(__file__).read_bytes() + matplotlib.__version__.encode()).hexdigest()
+
+
+def data_key(function, data: dict) -> str:
+    """The digest of one figure: the plot function, the data it is given and the drawing code."""
+    text = json.dumps([function.__name__, data, _code_digest()], sort_keys=True, default=str, allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def drawn_from(path: Path) -> str | None:
+    """The digest a PNG of this module carries (None: no such file, or not one of ours)."""
+    from PIL import Image
+
+    try:
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > _MAX_PREVIOUS_BYTES:
+            return None
+        with Image.open(path) as image:
+            return image.info.get(DATA_KEY) if image.format == "PNG" else None
+    except (OSError, ValueError, SyntaxError):
+        return None
+
+
+def _figure(function, data: dict, path: Path, previous: Path | None) -> Path | None:
+    """``function(**data, path=path)``, or the file of the same name in ``previous`` when it was drawn from the same."""
+    key = data_key(function, data)
+    if previous is not None and drawn_from(previous / path.name) == key:
+        shutil.copyfile(previous / path.name, path)
+        return path
+    token = _drawing_key.set(key)
+    try:
+        return function(**data, path=path)
+    finally:
+        _drawing_key.reset(token)
 
 
 def logprob_diff_plot(compare: dict, path: Path, limit: float | None = None) -> Path | None:
@@ -430,29 +483,25 @@ def bench_capacity_plot(bench: dict, path: Path) -> Path | None:
     return _save(figure, path)
 
 
-def draw(artifacts: Artifacts, plots_dir: Path) -> dict[str, str]:
-    """Draw every plot whose data was measured into ``plots_dir``; plot name -> file name."""
-    drawn = {}
+def draw(artifacts: Artifacts, plots_dir: Path, previous: Path | None = None) -> dict[str, str]:
+    """Draw every plot whose data was measured into ``plots_dir``; plot name -> file name. A figure in ``previous``
+    (the plots of the last report) drawn from the same data by the same code is copied instead of drawn."""
     compare = artifacts.compare
     checks = compare.records("checks")
     limit = next((c.get("limit") for c in checks if c.get("threshold") == "max_abs_logprob_diff"), None)
-    if logprob_diff_plot(dict(compare.data), plots_dir / LOGPROB_DIFF, limit):
-        drawn["logprob_diff"] = LOGPROB_DIFF
-    if speed_plot(dict(artifacts.smoke.data), dict(artifacts.baseline.data), plots_dir / SPEED):
-        drawn["speed"] = SPEED
     evaluation = dict(compare.part("evaluation").data)
-    if evaluation.get("status") == "measured":
-        if kld_cdf_plot(evaluation, plots_dir / KLD_CDF):
-            drawn["kld_cdf"] = KLD_CDF
-        if kld_buckets_plot(evaluation, plots_dir / KLD_BUCKETS):
-            drawn["kld_buckets"] = KLD_BUCKETS
-    if layers_plot(dict(artifacts.layers.data), plots_dir / LAYERS_REL_L2):
-        drawn["layers_rel_l2"] = LAYERS_REL_L2
+    measured = evaluation.get("status") == "measured"
     bench = dict(artifacts.bench.data)
-    if bench_throughput_plot(bench, plots_dir / BENCH_THROUGHPUT):
-        drawn["bench_throughput"] = BENCH_THROUGHPUT
-    if bench_latency_plot(bench, plots_dir / BENCH_LATENCY):
-        drawn["bench_latency"] = BENCH_LATENCY
-    if bench_capacity_plot(bench, plots_dir / BENCH_CAPACITY):
-        drawn["bench_capacity"] = BENCH_CAPACITY
-    return drawn
+    figures = [
+        ("logprob_diff", LOGPROB_DIFF, logprob_diff_plot, {"compare": dict(compare.data), "limit": limit}),
+        ("speed", SPEED, speed_plot, {"smoke": dict(artifacts.smoke.data), "baseline": dict(artifacts.baseline.data)}),
+        *([("kld_cdf", KLD_CDF, kld_cdf_plot, {"evaluation": evaluation}),
+           ("kld_buckets", KLD_BUCKETS, kld_buckets_plot, {"evaluation": evaluation})] if measured else []),
+        ("layers_rel_l2", LAYERS_REL_L2, layers_plot, {"layers": dict(artifacts.layers.data)}),
+        ("bench_throughput", BENCH_THROUGHPUT, bench_throughput_plot, {"bench": bench}),
+        ("bench_latency", BENCH_LATENCY, bench_latency_plot, {"bench": bench}),
+        ("bench_capacity", BENCH_CAPACITY, bench_capacity_plot, {"bench": bench}),
+    ]  # fmt: skip
+    previous = previous if previous is not None and previous.is_dir() and not previous.is_symlink() else None
+    return {name: file for name, file, function, data in figures
+            if _figure(function, data, plots_dir / file, previous)}  # fmt: skip

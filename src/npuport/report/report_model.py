@@ -163,7 +163,7 @@ def write_report(
         stage_targets=tuple(stage_targets),
     )
     with atomic_dir(out.plots) as staging:
-        drawn = plots.draw(r.docs, staging)
+        drawn = plots.draw(r.docs, staging, previous=out.plots)
     # Links relative to the report, so it renders wherever the results are copied to.
     base = out.report.resolve().parent
     links = {name: Path(os.path.relpath(out.plots.resolve() / f, base)).as_posix() for name, f in drawn.items()}
