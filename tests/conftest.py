@@ -18,6 +18,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+# Three pytest workers share two cores, and the torch in each test process (and in the engines, servers and Snakemake
+# stages the tests start, which inherit this) runs OpenMP threads that spin while they wait for work, on the core
+# another process needs. Waiting passively halves the wall and CPU time of two engine test files run side by side
+# (benchmarks/README.md, "the test suite"); no test measures speed. Set OMP_WAIT_POLICY yourself to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # The KV cache of the tests' engines (engine.kv_cache_memory_bytes): the same on every host. A share of host RAM
 # (gpu_memory_utilization) less the test process's own memory comes out negative on a host with less memory.
 TEST_KV_CACHE_BYTES = 64 * 2**20
