@@ -27,6 +27,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The KV cache of the tests' engines (engine.kv_cache_memory_bytes): the same on every host. A share of host RAM
 # (gpu_memory_utilization) less the test process's own memory comes out negative on a host with less memory.
 TEST_KV_CACHE_BYTES = 64 * 2**20
+# The eager engine of the tests that inject faults as forward hooks (which fire only outside compiled graphs) and
+# capture layers: engine settings as config.yaml's `engine` section takes them.
+EAGER_TEST_ENGINE = {"max_num_seqs": 4, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES, "enforce_eager": True}
 # What a workflow copy needs; results/, logs/ and .snakemake/ start empty.
 WORKFLOW_PARTS = ("Snakefile", "workflow", "config", "resources", "profiles", "envs", ".test")
 # Integration scenarios (.test/<name>/config.yaml, see .test/README.md).
@@ -137,20 +140,21 @@ def default_run(tmp_path_factory):
 # The files the workers take first, in this order (`make test`: pytest-xdist, whole files per worker, a worker taking
 # the next file when its own is nearly done). Longest first, so that no long file starts last: the SLURM run (mostly
 # waiting on the scheduler), the file whose first test starts the default run, the longest file that does not need
-# that run, the files that need it once it is there, then the other engine and end-to-end files. Every other file
-# follows in collection order, those with engine or end-to-end tests first.
+# that run, the other engine and end-to-end files that do not need it, then those that do (they wait for it). Every
+# other file follows in collection order, those with engine or end-to-end tests first.
 FIRST = (
     "test_slurm.py",
     "test_workflow.py",
     "test_save_pretrained.py",
-    "test_deployments_engine.py",
     "test_bench.py",
-    "test_layers.py",
-    "test_trained_stats_engine.py",
-    "test_minicpm.py",
-    "test_sensitivity.py",
-    "test_accuracy.py",
     "test_sources_hf.py",
+    "test_faults.py",
+    "test_minicpm.py",
+    "test_accuracy.py",
+    "test_trained_stats_engine.py",
+    "test_deployments_engine.py",
+    "test_layers.py",
+    "test_sensitivity.py",
     "test_report.py",
 )
 

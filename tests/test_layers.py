@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-from conftest import TEST_KV_CACHE_BYTES
+from conftest import EAGER_TEST_ENGINE
 
 from npuport.compare.floor import Reference
 from npuport.compare.hf_capture import ReferenceTaps
@@ -33,9 +33,7 @@ from npuport.engines.capture import depth
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))["generation"]["prompts"]
 # eager: the injected faults are forward hooks in the engine's workers, which fire only outside compiled graphs
-ENGINE = EngineSettings.from_config(
-    {"max_num_seqs": 4, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES, "enforce_eager": True}
-)
+ENGINE = EngineSettings.from_config(EAGER_TEST_ENGINE)
 GENERATION = GenerationSettings.from_config({"prompts": PROMPTS, "max_tokens": 32})
 # Segments shorter than the MiniCPM engine's max_model_len (256): a capture request needs room for its one output
 # token. The layer capture takes the first 256 text tokens, across the first two segments.
@@ -367,9 +365,7 @@ def folded_minicpm(tmp_path_factory) -> Path:
 @pytest.mark.e2e
 def test_a_folded_minicpm_model_names_no_point(folded_minicpm, tmp_path):
     """A second, small engine start: vLLM and transformers both on the folded plain-Llama directory."""
-    engine = EngineSettings.from_config(
-        {"max_num_seqs": 4, "max_model_len": 256, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES, "enforce_eager": True}
-    )
+    engine = EngineSettings.from_config(EAGER_TEST_ENGINE | {"max_model_len": 256})
     document = judge(folded_minicpm, tmp_path, {"correct": None}, engine)["correct"]
     print(json.dumps(brief(document)))
     assert document["status"] == "passed", document["first_divergent"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TEST_KV_CACHE_BYTES
+from conftest import EAGER_TEST_ENGINE
 
 from npuport.compare.compare import compare
 from npuport.compare.gates import margin
@@ -35,9 +35,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))["generation"]["prompts"]
 # eager: the injected faults are forward hooks in the engine's workers, which fire only outside compiled graphs
-ENGINE = EngineSettings.from_config(
-    {"max_num_seqs": 4, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES, "enforce_eager": True}
-)
+ENGINE = EngineSettings.from_config(EAGER_TEST_ENGINE)
 GENERATION = GenerationSettings.from_config({"prompts": PROMPTS, "max_tokens": 32})
 EVALUATION = EvaluationSettings.from_config({"max_tokens": 2048})
 SETTINGS = CompareSettings.from_config({})

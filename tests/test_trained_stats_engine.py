@@ -11,7 +11,7 @@ import json
 import os
 
 import pytest
-from conftest import TEST_KV_CACHE_BYTES
+from conftest import EAGER_TEST_ENGINE
 from test_layers import LAYERS, engine_case
 from trained_stats_factory import shared_trained_stats_llama
 
@@ -28,9 +28,7 @@ from npuport.engines.baseline import run_baseline
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
-ENGINE = EngineSettings.from_config(
-    {"max_num_seqs": 4, "kv_cache_memory_bytes": TEST_KV_CACHE_BYTES, "enforce_eager": True}
-)
+ENGINE = EngineSettings.from_config(EAGER_TEST_ENGINE)
 PROMPTS = ["The capital of France is", "Hello, how are you?", "def add(a, b):"]
 GENERATION = GenerationSettings.from_config({"prompts": PROMPTS, "max_tokens": 24})
 EVALUATION = EvaluationSettings.from_config({"max_tokens": 2048})
