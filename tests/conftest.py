@@ -140,21 +140,20 @@ def default_run(tmp_path_factory):
 # The files the workers take first, in this order (`make test`: pytest-xdist, whole files per worker, a worker taking
 # the next file when its own is nearly done). Longest first, so that no long file starts last: the SLURM run (mostly
 # waiting on the scheduler), the file whose first test starts the default run, the longest file that does not need
-# that run, the other engine and end-to-end files that do not need it, then those that do (they wait for it). Every
-# other file follows in collection order, those with engine or end-to-end tests first.
+# that run, the files that need it once it is there, then the other engine and end-to-end files. Every other file
+# follows in collection order, those with engine or end-to-end tests first.
 FIRST = (
     "test_slurm.py",
     "test_workflow.py",
     "test_save_pretrained.py",
-    "test_bench.py",
-    "test_sources_hf.py",
-    "test_faults.py",
-    "test_minicpm.py",
-    "test_accuracy.py",
-    "test_trained_stats_engine.py",
     "test_deployments_engine.py",
+    "test_bench.py",
     "test_layers.py",
+    "test_trained_stats_engine.py",
+    "test_minicpm.py",
     "test_sensitivity.py",
+    "test_accuracy.py",
+    "test_sources_hf.py",
     "test_report.py",
 )
 
