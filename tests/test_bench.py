@@ -605,3 +605,19 @@ def test_point_bounded_in_time_and_benchmark_errors_recorded(tmp_path, tiny_mode
     assert hung.seconds >= 3  # it waited its whole deadline (monotonic clock) ...
     assert not hang_ended  # ... and returned while the server still held the request (it answers after 600 s)
     assert bad.status == "failed" and bad.reason.startswith("the benchmark raised ValueError: vllm bench serve refused")
+
+
+def test_the_servers_port_is_free_and_outside_the_ephemeral_range():
+    """The server binds its port only after its imports: a port from the kernel's ephemeral range could be handed to
+    any outgoing connection meanwhile (a bench server once failed with "Address already in use" on a loaded host)."""
+    import socket
+
+    from npuport.engines.serve_check import LOWEST_PORT, ephemeral_ports, free_port
+
+    low, high = ephemeral_ports()
+    assert 1024 <= low <= high <= 65535
+    for _ in range(20):
+        port = free_port("127.0.0.1")
+        assert port >= LOWEST_PORT and not low <= port <= high, (port, low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))

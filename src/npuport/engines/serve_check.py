@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import shlex
 import signal
 import socket
@@ -91,8 +92,36 @@ def api_server_argv(
     ]  # fmt: skip
 
 
+# Where the kernel takes the ports of outgoing connections and of bind(0) (net.ipv4.ip_local_port_range's default).
+EPHEMERAL_PORTS = (32768, 60999)
+# The first port free_port considers: above the well-known and most registered service ports.
+LOWEST_PORT = 10000
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    """The host's ephemeral port range (Linux), else the kernel's default."""
+    try:
+        low, high = (int(v) for v in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[:2])
+        return low, high
+    except (OSError, ValueError):
+        return EPHEMERAL_PORTS
+
+
 def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """A port free on ``host`` now, outside the ephemeral range: the server binds it seconds later (after its imports),
+    and a port from bind(0) is one the kernel hands to the next outgoing connection or bind(0) of any process
+    meanwhile (seen: the bench server failing with "Address already in use" on a loaded host)."""
+    low, high = ephemeral_ports()
+    candidates = [p for p in range(LOWEST_PORT, 65536) if not low <= p <= high] or list(range(1024, 65536))
+    random.SystemRandom().shuffle(candidates)
+    for port in candidates[:200]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # every one tried is taken: the kernel's choice
         s.bind((host, 0))
         return s.getsockname()[1]
 
