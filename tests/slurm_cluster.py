@@ -29,6 +29,8 @@ from pathlib import Path
 
 import psutil
 
+from npuport.engines.serve_check import free_port
+
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo")
 PARTITION = "npuport"
@@ -106,12 +108,6 @@ def check_host() -> None:
         raise SlurmUnavailable("/etc/slurm is missing (the test mounts its config there, in slurmd's namespace only)")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def write_config(root: Path, node: str, cpus: int, memory_mb: int, npus: int, min_job_age: int) -> Path:
     etc = root / "etc"
     etc.mkdir()
@@ -121,8 +117,8 @@ def write_config(root: Path, node: str, cpus: int, memory_mb: int, npus: int, mi
     conf = f"""\
 ClusterName=npuport-test
 SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={free_port()}
-SlurmdPort={free_port()}
+SlurmctldPort={free_port("127.0.0.1")}
+SlurmdPort={free_port("127.0.0.1")}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
