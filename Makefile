@@ -22,9 +22,11 @@ $(VENV)/.installed: pyproject.toml
 		|| echo "warning: git-lfs is not installed: git sources (and their tests) are unavailable"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	# --no-compile: Python compiles a module's bytecode when it is first imported; pip would compile every file of
+	# torch, vLLM and transformers on one core first (install 137 s -> 62 s here, benchmarks/README.md)
 	# torch first, pinned to the CPU build: anything newer would pull a multi-GB CUDA build
-	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet --no-compile torch==2.13.0
+	$(PY) -m pip install --quiet --no-compile -e '.[$(EXTRAS)]'
 	# PyPI torchvision breaks `import transformers` beside this torch; vLLM does not need it here
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
 	touch $@

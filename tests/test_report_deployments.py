@@ -99,3 +99,40 @@ def test_no_matrix_reads_not_measured_not_passed(tmp_path):
     assert label("en", "deploy.none") in markdown
     rows = report.table_with(9, label("en", "col.check"))
     assert not any("Deployment configuration" in r[label("en", "col.check")] for r in rows)
+
+
+def _subsection(markdown: str, number: str) -> str:
+    """The text of subsection ``number`` ("5.6"), up to the next heading."""
+    start = markdown.index(f"### {number} ")
+    return markdown[start : markdown.index("\n#", start + 1)]
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_serving_and_tasks_name_the_configuration_their_server_ran(tmp_path, language):
+    """§5.6 and §5.7 judge the bench stage's server: their line reads its command line, not the config; lm-eval's
+    line only where its engine side went through that server."""
+    directory = artifact_set(tmp_path)
+    bench = load(directory, "bench.json")
+    assert "--enforce-eager" in bench["server"]["command_ran"]  # the recorded run served eager
+    eager, compiled = label(language, "deploy.eager"), label(language, "deploy.compiled")
+    head = {key: label(language, key).split("{")[0] for key in ("deploy.served", "deploy.served_tasks")}
+    markdown, _ = render(directory, language)
+    serving, tasks = _subsection(markdown, "5.6"), _subsection(markdown, "5.7")
+    assert head["deploy.served"] in serving and eager in serving and compiled not in serving
+    assert head["deploy.served_tasks"] in tasks and eager in tasks
+    # the same artifacts, the server started compiled with prefix caching off and TP 2
+    command = [a for a in bench["server"]["command_ran"] if a != "--enforce-eager"]
+    command[command.index("--tensor-parallel-size") + 1] = "2"
+    bench["server"]["command_ran"] = [*command, "--no-enable-prefix-caching"]
+    save(directory, "bench.json", bench)
+    markdown, _ = render(directory, language)
+    serving = _subsection(markdown, "5.6")
+    line = next(p for p in serving.split("\n\n") if head["deploy.served"] in p)
+    assert compiled in line and eager not in line and "2" in line and "false" in line.lower()
+    # lm-eval's engine side against another URL: §5.7 names no server configuration
+    accuracy = load(directory, "accuracy.json")
+    accuracy["engine"]["command"] = accuracy["engine"]["command"].replace(bench["server"]["url"], "http://elsewhere")
+    save(directory, "accuracy.json", accuracy)
+    markdown, _ = render(directory, language)
+    assert head["deploy.served_tasks"] not in _subsection(markdown, "5.7")
+    assert head["deploy.served"] in _subsection(markdown, "5.6")

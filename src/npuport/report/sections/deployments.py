@@ -17,6 +17,8 @@ def deployments(r: ReportContext) -> dict:
     rows = matrix.records("configurations")
     return {
         "judged": judged(r),
+        "served": served(r, "deploy.served"),
+        "served_tasks": served(r, "deploy.served_tasks") if _tasks_through_server(r) else None,
         "table": _table(r, rows) if rows else None,
         "reason": None if rows else _why_none(r),
         "method": matrix.get("method"),
@@ -25,23 +27,62 @@ def deployments(r: ReportContext) -> dict:
     }
 
 
-def judged(r: ReportContext) -> Md:
-    """One sentence: the configuration sections 4.1, 5 and 9 judge (the engine section as `vllm serve` runs it)."""
-    engine = r.docs.smoke.part("settings").part("engine")
+def _configuration(r: ReportContext, engine: Doc | dict) -> dict:
+    """The words for a configuration: graphs, prefix caching, chunked prefill, tensor parallel, KV cache."""
     f = r.f
 
-    def setting(key: str, default_word: str) -> str:
+    def setting(key: str) -> str:
         value = engine.get(key)
-        return default_word if value is None else f.value(value)
+        return r.t("deploy.vllm_default") if value is None else f.value(value)
 
-    return r.t(
-        "deploy.judged",
-        graphs=r.t("deploy.eager") if engine.get("enforce_eager") else r.t("deploy.compiled"),
-        prefix=setting("enable_prefix_caching", r.t("deploy.vllm_default")),
-        chunked=setting("enable_chunked_prefill", r.t("deploy.vllm_default")),
-        tp=f.value(engine.get("tensor_parallel_size")),
-        kv=f.value(engine.get("kv_cache_dtype", "auto")),
-    )
+    return {
+        "graphs": r.t("deploy.eager") if engine.get("enforce_eager") else r.t("deploy.compiled"),
+        "prefix": setting("enable_prefix_caching"),
+        "chunked": setting("enable_chunked_prefill"),
+        "tp": f.value(engine.get("tensor_parallel_size")),
+        "kv": f.value(engine.get("kv_cache_dtype") or "auto"),
+    }
+
+
+def judged(r: ReportContext) -> Md:
+    """One sentence: the configuration sections 4.1 and 5.1-5.4 judge (the engine section as `vllm serve` runs it)."""
+    return r.t("deploy.judged", **_configuration(r, r.docs.smoke.part("settings").part("engine")))
+
+
+def served_settings(command: list) -> dict:
+    """The engine settings a `vllm serve` command line ran with (bench.json: server.command_ran), read off its flags
+    (serve_check.engine_flags writes them); a flag not given is vLLM's default (None)."""
+    args = [str(a) for a in command]
+
+    def value(flag: str):
+        return args[args.index(flag) + 1] if flag in args[:-1] else None
+
+    def switch(name: str):
+        return True if f"--enable-{name}" in args else False if f"--no-enable-{name}" in args else None
+
+    tp = value("--tensor-parallel-size")
+    return {
+        "enforce_eager": "--enforce-eager" in args,
+        "enable_prefix_caching": switch("prefix-caching"),
+        "enable_chunked_prefill": switch("chunked-prefill"),
+        "tensor_parallel_size": int(tp) if tp and tp.isdigit() else 1,
+        "kv_cache_dtype": value("--kv-cache-dtype") or "auto",
+    }
+
+
+def served(r: ReportContext, key: str) -> Md | None:
+    """The configuration sections 5.6 and 5.7 judge: the bench stage's server, as its command line started it
+    (None when no server ran)."""
+    command = r.docs.bench.part("server").get("command_ran")
+    if not isinstance(command, list) or not command:
+        return None
+    return r.t(key, **_configuration(r, served_settings(command)))
+
+
+def _tasks_through_server(r: ReportContext) -> bool:
+    """lm-eval's engine side ran against the bench stage's server (its command names the server's URL)."""
+    url, command = r.docs.bench.part("server").get("url"), r.docs.accuracy.part("engine").get("command")
+    return isinstance(url, str) and isinstance(command, str) and url in command
 
 
 def _why_none(r: ReportContext) -> Md:
