@@ -22,13 +22,14 @@ $(VENV)/.installed: pyproject.toml
 		|| echo "warning: git-lfs is not installed: git sources (and their tests) are unavailable"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# --no-compile: Python compiles a module's bytecode when it is first imported; pip would compile every file of
-	# torch, vLLM and transformers on one core first (install 137 s -> 62 s here, benchmarks/README.md)
-	# torch first, pinned to the CPU build: anything newer would pull a multi-GB CUDA build
+	# torch first, pinned to the CPU build: anything newer would pull a multi-GB CUDA build. --no-compile, then the
+	# bytecode of every installed module compiled on all cores (pip compiles on one: install 137 s -> 117 s here)
 	$(PY) -m pip install --quiet --no-compile torch==2.13.0
 	$(PY) -m pip install --quiet --no-compile -e '.[$(EXTRAS)]'
 	# PyPI torchvision breaks `import transformers` beside this torch; vLLM does not need it here
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
+	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+		>/dev/null 2>&1 || true # a few files are for newer Pythons (torch's py312_intrinsics.py): pip skips them alike
 	touch $@
 
 report: install

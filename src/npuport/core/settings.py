@@ -297,6 +297,7 @@ class EngineSettings(Settings):
     enable_prefix_caching: bool | None
     enable_chunked_prefill: bool | None
     kv_cache_dtype: str
+    aot_compile: bool | str  # "auto", or vLLM's VLLM_USE_AOT_COMPILE (npuport.engines.vllm_env)
     compilation_config: dict[str, Any] | None
     additional_config: dict[str, Any] | None
     tensor_parallel_size: int

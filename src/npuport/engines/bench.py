@@ -51,6 +51,7 @@ from npuport.engines.serve_check import (
     vllm_serve_command,
 )
 from npuport.engines.server_metrics import not_scraped, scraping
+from npuport.engines.vllm_env import engine_environment
 
 log = logging.getLogger(__name__)
 
@@ -592,7 +593,8 @@ def run_bench(
     offline = [OfflineAnswer.from_smoke(record) for record in smoke.get("prompts") or []]
     results: list[PointResult] = []
     preload_benchmark()
-    with served(argv, url=f"http://{serve.host}:{port}", serve=serve, log_path=server_log) as server:
+    with served(argv, url=f"http://{serve.host}:{port}", serve=serve, log_path=server_log,
+                environment=engine_environment(engine)) as server:  # fmt: skip
         check = (check_prompts(server, offline, generation=generation, serve=serve) if serve.enabled
                  else {"status": "not run", "reason": "serve.enabled is false in the pipeline config", "prompts": [],
                        "all_text_equal_offline": None})  # fmt: skip

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import random
-import shlex
 import signal
 import socket
 import subprocess
@@ -35,6 +34,7 @@ from typing import Any
 from npuport.core.settings import EngineSettings, GenerationSettings, ServeSettings
 from npuport.core.spawn import default_signals, ignored_signals
 from npuport.engines.records import PromptRecord, replayed_temp_log, tail_lines
+from npuport.engines.vllm_env import engine_environment, with_environment
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +78,9 @@ def engine_flags(engine: EngineSettings, trust_remote_code: bool) -> list[str]:
 
 
 def vllm_serve_command(model_dir: str | Path, engine: EngineSettings, trust_remote_code: bool = False) -> str:
-    """The command to serve this model on the target host."""
-    return shlex.join(["vllm", "serve", str(model_dir), *engine_flags(engine, trust_remote_code)])
+    """The command to serve this model on the target host, with the variables the engine ran with."""
+    argv = ["vllm", "serve", str(model_dir), *engine_flags(engine, trust_remote_code)]
+    return with_environment(argv, engine_environment(engine))
 
 
 def api_server_argv(
@@ -282,6 +283,7 @@ class Server:
 
     argv: list[str]
     url: str
+    environment: dict[str, str] = field(default_factory=dict)  # set for the server, over this process's own
     proc: subprocess.Popen | None = None
     startup_seconds: float | None = None
     served_model: str | None = None
@@ -300,19 +302,22 @@ class Server:
         return None if self.proc is None else self.proc.poll()
 
     def record(self) -> dict[str, Any]:
-        return {"command_ran": self.argv, "url": self.url, "startup_seconds": self.startup_seconds,
+        return {"command_ran": self.argv, "environment": self.environment, "url": self.url,
+                "startup_seconds": self.startup_seconds,
                 "served_model": self.served_model, "shutdown": self.shutdown, "log_tail": self.log_tail}  # fmt: skip
 
 
 @contextlib.contextmanager
 def served(
-    argv: Sequence[str], *, url: str, serve: ServeSettings, log_path: str | Path | None = None
-) -> Iterator[Server]:
-    """Start the server ``argv`` in a process group of its own, wait until ``url``/health answers and /v1/models
-    names the model, yield it (``failure`` says why when it never got ready); stop it on every path. Its output
-    goes to ``log_path`` (appended), else to a temp file replayed to stderr; ``log_tail`` holds the end."""
-    server = Server(list(argv), url)
-    log.info("server: %s", shlex.join(server.argv))
+    argv: Sequence[str], *, url: str, serve: ServeSettings, log_path: str | Path | None = None,
+    environment: dict[str, str] | None = None,
+) -> Iterator[Server]:  # fmt: skip
+    """Start the server ``argv`` (with ``environment`` over this process's variables) in a process group of its own,
+    wait until ``url``/health answers and /v1/models names the model, yield it (``failure`` says why when it never got
+    ready); stop it on every path. Its output goes to ``log_path`` (appended), else to a temp file replayed to stderr;
+    ``log_tail`` holds the end."""
+    server = Server(list(argv), url, dict(environment or {}))
+    log.info("server: %s", with_environment(server.argv, server.environment))
     with server_log(log_path) as path:
         server.log_path = path
         try:
@@ -333,7 +338,8 @@ def start_server(server: Server, path: Path, serve: ServeSettings) -> None:
             started = time.perf_counter()
             # default dispositions of the stop signals, whatever this process inherited (npuport.core.spawn)
             server.proc = subprocess.Popen(default_signals(server.argv), stdout=out, stderr=subprocess.STDOUT,
-                                           stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                                           stdin=subprocess.DEVNULL, start_new_session=True,
+                                           env=os.environ | server.environment)  # fmt: skip
         server.failure = wait_healthy(server.proc, server.url, serve.startup_timeout_s)
         if server.failure is None:
             server.startup_seconds = time.perf_counter() - started

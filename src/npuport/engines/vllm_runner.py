@@ -21,6 +21,7 @@ from typing import Any
 
 from npuport.core.settings import EngineSettings
 from npuport.engines.records import Generation, Timing, finite, tpot
+from npuport.engines.vllm_env import ENV_KEYS, engine_environment
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,14 @@ class VllmRunner:
         self._before = engine_children(), host_available_gib()
         # capture() sends functions to this engine's workers (LLM.apply_model): vLLM allows that only when this is
         # set as its processes start; it is put back on exit, so the serve check's server does not inherit it
-        self._saved_env = {key: os.environ.get(key) for key in (INSECURE_SERIALIZATION, MULTIPROCESSING)}
+        environment = engine_environment(self.settings)  # the settings vLLM reads from the environment
+        self._saved_env = {key: os.environ.get(key) for key in (INSECURE_SERIALIZATION, MULTIPROCESSING, *environment)}
         os.environ[INSECURE_SERIALIZATION] = "1"
         if in_process(self.settings):  # vLLM reads it when the engine is built: the engine core in this process
             os.environ[MULTIPROCESSING] = "0"
+        os.environ.update(environment)
+        # an engine core in this process caches vLLM's variables once started: the next engine reads them again
+        getattr(importlib.import_module("vllm.envs"), "disable_envs_cache", lambda: None)()
         log.info("starting vLLM %s on %s", self.versions["version"], self.model_dir)
         start = time.perf_counter()
         self._llm = LLM(model=str(self.model_dir), trust_remote_code=self.trust_remote_code, disable_log_stats=False,
@@ -258,7 +263,8 @@ def in_process(engine: EngineSettings) -> bool:
 def engine_kwargs(engine: EngineSettings) -> dict[str, Any]:
     """The engine settings as keyword arguments of vLLM's ``LLM``."""
     # unset keys (None) are left to vLLM's own defaults for the platform
-    kwargs = {key: value for key, value in engine.as_dict().items() if key != "in_process" and value is not None}
+    skip = ("in_process", *ENV_KEYS)  # ours, and those vLLM reads from the environment (npuport.engines.vllm_env)
+    kwargs = {key: value for key, value in engine.as_dict().items() if key not in skip and value is not None}
     if in_process(engine):
         kwargs["distributed_executor_backend"] = "uni"
     return kwargs
