@@ -10,9 +10,9 @@
 
 Cost: two eager engine starts for the three workload faults (each fault switched on and off on the running
 engines, tests/fault_injection.pattern_fault; the faults are out of the graph), two for the graph fault (compiled,
-with the fault traced in, and eager). The correct engine on two
-models (the default run's embedded model with every default configuration, and the save_pretrained checkpoint) is
-asserted on the pipeline runs in tests/test_workflow.py and tests/test_save_pretrained.py.
+with the fault traced in, and eager). The correct engine passes every default configuration here on the
+trained-statistics model (tests/trained_stats_factory.py), and on the pipeline runs of the embedded model and of the
+save_pretrained checkpoint (tests/test_workflow.py, tests/test_save_pretrained.py).
 """
 
 from __future__ import annotations
@@ -35,9 +35,16 @@ from npuport.core.settings import (
     GenerationSettings,
 )
 from npuport.engines.baseline import run_baseline
-from npuport.engines.deployment import DeploymentsSettings, configurations, engine_groups, engine_key
+from npuport.engines.deployment import (
+    DeploymentsSettings,
+    cannot_run,
+    configurations,
+    engine_groups,
+    engine_key,
+    host_facts,
+)
 from npuport.engines.records import encode_prompts, load_tokenizer, stop_token_ids
-from npuport.engines.smoke import Matrix, capture_engine, evaluation_plan, measure, run_group
+from npuport.engines.smoke import Matrix, capture_engine, configuration_row, evaluation_plan, measure, run_group
 
 pytestmark = [pytest.mark.engine, pytest.mark.e2e]
 
@@ -89,8 +96,15 @@ def _runs(model_dir: Path, work: Path, settings: DeploymentsSettings, conditions
     matrix, plan = _matrix(model_dir, settings, deployed)
     docs = {name: {"status": "ok", "settings": {"engine": deployed.as_dict()}, "rows": {}} for name in conditions}
     records: dict[str, list] = {}
-    for engine, _group in engine_groups(matrix.deployments):
+    host = host_facts()
+    for engine, group in engine_groups(matrix.deployments):
         is_deployed = engine_key(engine) == engine_key(deployed)
+        reason = cannot_run(engine, host)
+        if reason is not None:  # as the smoke stage records it: "not run", with what the host lacks
+            for doc in docs.values():
+                doc["rows"] |= {d.name: configuration_row(matrix, d) | {"status": "not run", "reason": reason}
+                                for d in group}  # fmt: skip
+            continue
         with (build or _nothing)(), VllmRunner(model_dir, engine=engine, temperature=0.0, seed=42) as runner:
             if is_deployed and inspect is not None:
                 inspected = inspect(runner, matrix)
@@ -194,6 +208,31 @@ def graph_run(embedded, tmp_path_factory):
     result = _judge(embedded, work, docs)["graph"]
     print(json.dumps(_summary(result), indent=1))
     return {"compare": result, "inspected": inspected}
+
+
+@pytest.fixture(scope="module")
+def trained_correct(tmp_path_factory):
+    """The correct engine, every default configuration (the schema's list), on the trained-statistics model."""
+    from trained_stats_factory import shared_trained_stats_llama
+
+    model = shared_trained_stats_llama(tmp_path_factory)
+    work = tmp_path_factory.mktemp("trained-correct")
+    settings = DeploymentsSettings.from_config({"segments": 1})
+    result = _judge(model, work, _runs(model, work, settings, {"correct": None}, deployed=DEPLOYED))["correct"]
+    print(json.dumps(_summary(result), indent=1))
+    return result
+
+
+def test_the_correct_engine_passes_every_default_row_on_the_trained_statistics_model(trained_correct):
+    """A model other than the embedded one, with trained-model statistics (massive activations, attention sinks):
+    every default configuration passes, or is "not run" with what this host lacks (never passed by argument)."""
+    rows = _rows(trained_correct)
+    assert trained_correct["status"] == "passed", _summary(trained_correct)
+    assert set(rows) == {"eager", "batch", "prefix-cache", "chunked-prefill", "tp2", "fp8-kv-cache"}
+    for name, row in rows.items():  # tp2 and fp8 need what the host may not have (NUMA nodes, AVX-512)
+        host_lacks = name in ("tp2", "fp8-kv-cache") and row["status"] == "not run" and "needs" in row["reason"]
+        assert row["status"] == "passed" or host_lacks, (name, row["status"], row.get("reason"))
+    assert rows["eager"]["status"] == rows["batch"]["status"] == "passed"
 
 
 def test_the_tap_takes_vllms_own_logprobs_in_compiled_mode(graph_run):

@@ -119,15 +119,7 @@ def test_save_pretrained_checkpoints_run_through_every_stage(tmp_path, installed
         assert _json(results / "bench.json")["status"] == "not run", model  # the scenario turns the server off
         layers = _json(results / "layers.json")
         assert layers["status"] == "passed", (model, layers["first_divergent"])  # a correct engine, a plain model
-        deployments = _json(results / "compare.json")["deployments"]["configurations"]
-        if model == "saved-installed":  # every default configuration: passed, or not run on this host with why
-            rows = {row["name"]: row for row in deployments}
-            assert set(rows) == {"eager", "batch", "prefix-cache", "chunked-prefill", "tp2", "fp8-kv-cache"}
-            for name, row in rows.items():  # tp2 and fp8 need what the host may not have (NUMA nodes, AVX-512)
-                host_lacks = name in ("tp2", "fp8-kv-cache") and row["status"] == "not run" and "needs" in row["reason"]
-                assert row["status"] == "passed" or host_lacks, (name, row["status"], row.get("reason"))
-        else:
-            assert deployments == [], model
+        assert _json(results / "compare.json")["deployments"]["configurations"] == [], model  # off in the scenario
         report = _json(results / "report.json")
         checks = {c["check"]: c["status"] for c in report["checks"]}
         assert checks["fusion"] == "not measured" and checks["engine"] == "passed", (model, checks)
