@@ -19,12 +19,14 @@ ENV_KEYS = ("aot_compile",)
 
 @functools.cache
 def cpu_backend() -> bool | None:
-    """Whether vLLM resolves its CPU backend on this host (None: vLLM is not importable here)."""
+    """Whether vLLM resolves its CPU backend on this host (None: vLLM cannot be imported or resolve a platform here;
+    the stage that needs it records why)."""
     try:
         from vllm.platforms import current_platform
-    except ImportError:
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # noqa: BLE001 - a missing or broken vLLM is the engine stages' to record, not this lookup's
         return None
-    return bool(current_platform.is_cpu())
 
 
 def engine_environment(engine: EngineSettings, *, cpu: bool | None = None) -> dict[str, str]:
