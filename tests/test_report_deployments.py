@@ -109,8 +109,8 @@ def _subsection(markdown: str, number: str) -> str:
 
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_serving_and_tasks_name_the_configuration_their_server_ran(tmp_path, language):
-    """§5.6 and §5.7 judge the bench stage's server: their line reads its command line, not the config; lm-eval's
-    line only where its engine side went through that server."""
+    """§5.6 and §5.7 judge the bench stage's server: their line reads the engine settings it was started with
+    (bench.json), not the smoke stage's; lm-eval's line only where its engine side went through that server."""
     directory = artifact_set(tmp_path)
     bench = load(directory, "bench.json")
     assert "--enforce-eager" in bench["server"]["command_ran"]  # the recorded run served eager
@@ -124,6 +124,8 @@ def test_serving_and_tasks_name_the_configuration_their_server_ran(tmp_path, lan
     command = [a for a in bench["server"]["command_ran"] if a != "--enforce-eager"]
     command[command.index("--tensor-parallel-size") + 1] = "2"
     bench["server"]["command_ran"] = [*command, "--no-enable-prefix-caching"]
+    engine = bench["settings"]["engine"]
+    engine.update(enforce_eager=False, tensor_parallel_size=2, enable_prefix_caching=False)
     save(directory, "bench.json", bench)
     markdown, _ = render(directory, language)
     serving = _subsection(markdown, "5.6")

@@ -27,7 +27,7 @@ def deployments(r: ReportContext) -> dict:
     }
 
 
-def _configuration(r: ReportContext, engine: Doc | dict) -> dict:
+def _configuration(r: ReportContext, engine: Doc) -> dict:
     """The words for a configuration: graphs, prefix caching, chunked prefill, tensor parallel, KV cache."""
     f = r.f
 
@@ -49,34 +49,13 @@ def judged(r: ReportContext) -> Md:
     return r.t("deploy.judged", **_configuration(r, r.docs.smoke.part("settings").part("engine")))
 
 
-def served_settings(command: list) -> dict:
-    """The engine settings a `vllm serve` command line ran with (bench.json: server.command_ran), read off its flags
-    (serve_check.engine_flags writes them); a flag not given is vLLM's default (None)."""
-    args = [str(a) for a in command]
-
-    def value(flag: str):
-        return args[args.index(flag) + 1] if flag in args[:-1] else None
-
-    def switch(name: str):
-        return True if f"--enable-{name}" in args else False if f"--no-enable-{name}" in args else None
-
-    tp = value("--tensor-parallel-size")
-    return {
-        "enforce_eager": "--enforce-eager" in args,
-        "enable_prefix_caching": switch("prefix-caching"),
-        "enable_chunked_prefill": switch("chunked-prefill"),
-        "tensor_parallel_size": int(tp) if tp and tp.isdigit() else 1,
-        "kv_cache_dtype": value("--kv-cache-dtype") or "auto",
-    }
-
-
 def served(r: ReportContext, key: str) -> Md | None:
-    """The configuration sections 5.6 and 5.7 judge: the bench stage's server, as its command line started it
-    (None when no server ran)."""
-    command = r.docs.bench.part("server").get("command_ran")
-    if not isinstance(command, list) or not command:
+    """The configuration sections 5.6 and 5.7 judge: the engine settings the bench stage started its server with
+    (bench.json: settings.engine, the flags of its command line), None when no server ran."""
+    bench = r.docs.bench
+    if not bench.part("server").get("command_ran"):
         return None
-    return r.t(key, **_configuration(r, served_settings(command)))
+    return r.t(key, **_configuration(r, bench.part("settings").part("engine")))
 
 
 def _tasks_through_server(r: ReportContext) -> bool:
