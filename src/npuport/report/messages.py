@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from npuport.core.errors import NpuportError
+from npuport.core.settings import read_yaml
 from npuport.report.mdtext import Md, text
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -35,5 +34,4 @@ class Messages:
 
 
 def load_catalog(language: str) -> dict[str, str]:
-    with open(TEMPLATE_DIR / f"messages.{language}.yaml", encoding="utf-8") as fh:
-        return yaml.safe_load(fh)
+    return read_yaml(TEMPLATE_DIR / f"messages.{language}.yaml")
