@@ -41,7 +41,7 @@ def _names_in_source(source: bytes, filename: str) -> frozenset[str]:
     """The parse behind ``_imported_names``, once per distinct file content in a process: a Snakemake run hashes
     every stage's closure, and the closures share most modules (each parsed once instead of ~3 times)."""
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source, filename=filename)):
+    for node in _statements(ast.parse(source, filename=filename).body):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -55,6 +55,15 @@ def _names_in_source(source: bytes, filename: str) -> frozenset[str]:
         # the packages on the way are executed by the import too
         found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
     return frozenset(found)
+
+
+def _statements(body: list[ast.AST]):
+    """Every statement of ``body``, nested ones included (an import is a statement, and statements sit only in these
+    fields: function, class, if, loop, with, try and match bodies): the expressions, most of a tree, are not walked."""
+    for node in body:
+        yield node
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            yield from _statements(getattr(node, field, None) or [])
 
 
 def import_closure(script: str | Path) -> list[Path]:

@@ -419,13 +419,12 @@ def shut_down(
     except AttributeError:
         pass
     del llm
-    gc.collect()
     try:
         from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-        cleanup_dist_env_and_memory()
-    except Exception:  # noqa: BLE001,S110 - older vLLM lacks it; processes are checked below anyway
-        pass
+        cleanup_dist_env_and_memory()  # collects the garbage itself (gc.unfreeze, gc.collect)
+    except Exception:  # noqa: BLE001 - older vLLM lacks it; processes are checked below anyway
+        gc.collect()
     new = []
     for pid in (engine_children() - children_before) | set(started or {}):
         try:
@@ -442,7 +441,7 @@ def shut_down(
     if alive:
         log.warning("engine processes left after shutdown, killed: %s", sorted(p.pid for p in alive))
     return {
-        "method": "LLM.llm_engine.engine_core.shutdown(), del, gc, vllm cleanup_dist_env_and_memory",
+        "method": "LLM.llm_engine.engine_core.shutdown(), del, vllm cleanup_dist_env_and_memory (its gc.collect)",
         "engine_processes_left": sorted(p.pid for p in alive),
         "python_helpers_left": sorted(p.pid for p in new if p not in engine),
         "host_available_gib_before_start": round(available_before, 3),
