@@ -182,7 +182,7 @@ def fault_points(layers: int) -> list[str]:
 
 def downstream(point: str, points: list[str]) -> list[str]:
     """The bug's point, the layer output after it, the next layer's points, the final norm and the logits."""
-    from npuport.engines.capture import depth
+    from npuport.compare.layer_plan import depth
 
     layer = int(point.split(".")[1])
     wanted = [point, f"layers.{layer}", f"layers.{layer + 1}.self_attn", f"layers.{layer + 1}.mlp", "norm", "logits"]
@@ -259,7 +259,7 @@ def fault_record(fault: str, point: str, side: list, reference: list, floors: di
 
 
 def measure_model(name: str, model_dir: Path, eval_tokens: int, engine: bool = False) -> dict:
-    from npuport.engines.capture import depth
+    from npuport.compare.layer_plan import depth
 
     sequences, engine_sides = sequences_for(model_dir, eval_tokens), {}
     if engine:

@@ -174,3 +174,39 @@ def test_editing_a_module_no_stage_reaches_reruns_nothing(run_copy):
     _touch(src / "npuport" / "__main__.py")  # the command line only
     plan = run_snakemake(workdir, "-n", "report", env={"PYTHONPATH": str(src)}).stdout
     assert "Nothing to be done" in plan
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """npuport module -> the npuport modules it imports (at any depth, as the code hash reads them; a package's
+    ``__init__`` passed through on the way is left out: it imports nothing here but its own modules' names)."""
+    graph = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "__pycache__" in path.parts or path.name == "__init__.py":
+            continue
+        module = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        targets = {codehash._module_file(name) for name in codehash._imported_names(path)}
+        graph[module] = {".".join(t.relative_to(PACKAGE).with_suffix("").parts) for t in targets
+                         if t is not None and t.name != "__init__.py" and t != path}  # fmt: skip
+    return graph
+
+
+def test_the_package_imports_form_no_cycle_and_compare_reaches_no_stage_above_it():
+    graph = _module_graph()
+    assert "download.sources.registry" in graph["download.sources.worker"]  # the scan sees the imports
+    state: dict[str, str] = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph.get(module, ())):
+            assert state.get(target) != "open", " -> ".join([*path, module, target])
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    # the comparison, the weights and the downloads are libraries of the stages: none reaches the engines or the report
+    for module, targets in graph.items():
+        if module.split(".")[0] in ("compare", "weights", "download", "core"):
+            assert not {t for t in targets if t.split(".")[0] in ("engines", "report")}, (module, targets)

@@ -79,3 +79,13 @@ def point_kind(point: str) -> tuple[str, int | None]:
 def point_module(point: str) -> str:
     """The module a point hooks, as the report names it (``model.layers.3.mlp``)."""
     return MODULES.get(point) or f"model.{point}"
+
+
+def depth(point: str) -> tuple[int, int]:
+    """Sort key: embedding, then per layer its attention, MLP and output, then final norm and logits."""
+    if point == "embed":
+        return (-1, 0)
+    match = POINT.match(point)
+    if match:
+        return (int(match[1]), {"self_attn": 0, "mlp": 1, None: 2}[match[2]])
+    return (10**9, 0 if point == "norm" else 1)

@@ -42,10 +42,9 @@ import torch
 
 from npuport.compare.floor import Reference, engine_dtype
 from npuport.compare.hf_capture import ReferenceTaps
-from npuport.compare.layer_plan import LayerSequence, LayersSettings, point_kind, point_module
+from npuport.compare.layer_plan import LayerSequence, LayersSettings, depth, point_kind, point_module
 from npuport.core.atomic import read_json, write_json
 from npuport.core.errors import NpuportError
-from npuport.engines.capture import depth
 
 log = logging.getLogger(__name__)
 

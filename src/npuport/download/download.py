@@ -65,6 +65,9 @@ def cache_dir_for(target: Path) -> Path:
 
 def fetch_remote(source: dict, cache: Path) -> Fetched:
     """Bring a remote ``source`` into ``cache`` (``cache/<kind>``) under its timeout and retry policy."""
+    # the sources fetch in a child, `python -m npuport.download.sources.worker`: imported here (not by the registry,
+    # which the worker imports) so that the download's code hash covers it
+    from npuport.download.sources import worker  # noqa: F401
     from npuport.download.sources.registry import SOURCES
 
     return SOURCES[source["kind"]].fetch(source, cache / source["kind"], Policy.from_source(source))

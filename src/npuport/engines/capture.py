@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from npuport.compare.layer_plan import depth
+
 # Capture points in depth order; the pattern names vLLM's module, the kind says how to read its output.
 LAYER = re.compile(r"^model\.layers\.(\d+)$")
 LAYER_PART = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)$")
@@ -75,16 +77,6 @@ def install(model: torch.nn.Module, points: str = "logits") -> list[str]:
         _state["hooks"].append(module.register_forward_hook(_hook(model, point)))
     names = [p for p in modules if p != "norm"] + ["norm", "logits"]
     return sorted(names, key=depth)
-
-
-def depth(point: str) -> tuple[int, int]:
-    """Sort key: embedding, then per layer its attention, MLP and output, then final norm and logits."""
-    if point == "embed":
-        return (-1, 0)
-    match = re.match(r"^layers\.(\d+)(?:\.(self_attn|mlp))?$", point)
-    if match:
-        return (int(match[1]), {"self_attn": 0, "mlp": 1, None: 2}[match[2]])
-    return (10**9, 0 if point == "norm" else 1)
 
 
 def collect(model: torch.nn.Module, path: str | None = None) -> dict:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from types import ModuleType
 
-# worker: the child-process entry that run_worker starts with `python -m`
-from npuport.download.sources import git, hf, modelscope, worker  # noqa: F401
+from npuport.download.sources import git, hf, modelscope
 
 SOURCES: dict[str, ModuleType] = {"git": git, "hf": hf, "modelscope": modelscope}

@@ -12,11 +12,10 @@ import traceback
 from npuport.core.atomic import read_json, write_json
 from npuport.core.errors import NpuportError
 from npuport.download.sources.common import TransientError
+from npuport.download.sources.registry import SOURCES
 
 
 def run(kind: str, request_path: str, result_path: str) -> int:
-    from npuport.download.sources.registry import SOURCES
-
     module = SOURCES[kind]
     try:
         document = {"status": "ok", "value": module.fetch_in_worker(read_json(request_path))}
